@@ -1,0 +1,1 @@
+"""Torch-only core shared by the nodes and the trainer (imports neither ComfyUI nor peft)."""

@@ -1,0 +1,292 @@
+"""Reference-concat generation: the Instruct Identity Reference node and the nodes that take the
+target half back out. ``prepare_reference`` holds the logic; the node classes only call it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+import node_helpers
+from comfy_api.latest import io, ui
+
+from ..core import images, layout
+from ..core.errors import InputError
+from . import CATEGORY
+from .patch import ROUTE_FILL, ROUTE_LORA, ROUTES, model_info, patch_model
+
+log = logging.getLogger(__name__)
+
+ROUTE_AUTO = "auto"
+MAX_SIDE = 8192
+
+
+@dataclass
+class PreparedReference:
+    model: object
+    positive: list
+    negative: list
+    latent: dict
+    route: str
+    width: int
+    height: int
+    preview: torch.Tensor  # the diptych as it will be sampled: [placeholder target | reference]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def info(self) -> str:
+        head = (f"route: {self.route} ({'reference in the model input' if self.route == ROUTE_LORA else 'FLUX Fill diptych'}), "
+                f"target {self.width}x{self.height} px, grid {2 * self.width}x{self.height} px, batch {self.latent['samples'].shape[0]}")
+        return "\n".join([head, *self.notes])
+
+
+def zero_conditioning(conditioning: list) -> list:
+    """A negative that says nothing (what ConditioningZeroOut does), for CFG 1 FLUX graphs."""
+    out = []
+    for emb, extra in conditioning:
+        extra = dict(extra)
+        if extra.get("pooled_output") is not None:
+            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
+        out.append([torch.zeros_like(emb), extra])
+    return out
+
+
+def _target_size(value: int, reference_px: int, multiple: int, name: str, notes: list[str]) -> int:
+    asked = value if value > 0 else reference_px
+    size = layout.snap(asked, multiple, name, maximum=MAX_SIDE)
+    if size != asked:
+        notes.append(f"{name}: {asked} px rounded to {size} px (a multiple of {multiple} px, what the VAE and the "
+                     f"model's patches need).")
+    return size
+
+
+def _batch(refs: int, batch_size: int) -> int:
+    if batch_size < 1:
+        raise InputError("batch_size", f"{batch_size} is not a batch size.", "Use 1 or more.")
+    if refs == 1 or refs == batch_size:
+        return batch_size
+    if batch_size == 1:
+        return refs  # one output per reference
+    raise InputError("batch_size", f"{batch_size} samples cannot be paired with {refs} reference images.",
+                     f"Set batch_size to 1 or {refs} (one output per reference), or give a single reference.")
+
+
+def _encode(vae, pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    z = vae.encode(pixels[..., :3])
+    if z.shape[1] != channels:
+        raise InputError("vae", f"this VAE makes {z.shape[1]}-channel latents but the model works on {channels} channels.",
+                         "Load the VAE that belongs to the model (ae.safetensors for FLUX.1, the FLUX.2 VAE for FLUX.2).")
+    return z
+
+
+def prepare_reference(model, vae, positive, image, *, negative=None, width: int = 0, height: int = 0, fit: str = "pad",
+                      pad_color: str = "#ffffff", batch_size: int = 1, route: str = ROUTE_AUTO, guidance: float = -1.0,
+                      reference_mask=None) -> PreparedReference:
+    """Everything a sampler needs to generate the character of ``image`` as the target of a diptych."""
+    info = model_info(model)
+    if vae is None:
+        raise InputError("vae", "no VAE is connected.", "Connect the model's VAE (ae.safetensors for FLUX.1).")
+    if positive is None:
+        raise InputError("positive", "no prompt conditioning is connected.", "Connect a CLIP Text Encode with your prompt.")
+    if image is None:
+        raise InputError("reference", "no reference image is connected.", "Connect a Load Image with the character.")
+    if route == ROUTE_AUTO:
+        route = info.auto_route
+    if route not in ROUTES:
+        raise InputError("route", f"'{route}' is not a route.", f"Choose auto, {ROUTE_LORA} or {ROUTE_FILL}.")
+    if info.is_structural_control:
+        raise InputError("model", "this is a structural control model (FLUX.1 Canny/Depth) that expects a control image.",
+                         "Use FLUX.1 dev/schnell with an Instruct Identity LoRA, or FLUX.1 Fill.")
+    if route == ROUTE_FILL and not info.is_fill:
+        raise InputError("route", f"the fill route needs a FLUX.1 Fill (inpainting) model, but this {info.family} model "
+                         "has no inpaint channels.", "Load flux1-fill-dev.safetensors, or use the lora route with an "
+                         "Instruct Identity LoRA.")
+
+    notes: list[str] = []
+    color = images.parse_color(pad_color)
+    rgb, note = images.to_rgb(image, color)
+    if note:
+        notes.append(note)
+    if reference_mask is not None:
+        rgb = images.apply_subject_mask(rgb, reference_mask, color)
+    multiple = layout.spatial_multiple(vae.spacial_compression_encode(), info.patch_size)
+    w = _target_size(int(width), rgb.shape[2], multiple, "width", notes)
+    h = _target_size(int(height), rgb.shape[1], multiple, "height", notes)
+    ref_px = images.fit(rgb, h, w, fit, color)
+    batch = _batch(ref_px.shape[0], int(batch_size))
+    grey = torch.full_like(ref_px, 0.5)
+    preview = torch.cat([grey, ref_px], dim=2)
+    lay_mask_px = torch.zeros(1, 1, h, 2 * w)  # pixel-resolution mask, as InpaintModelConditioning gives it
+    lay_mask_px[..., :w] = 1.0
+
+    if route == ROUTE_LORA:
+        if info.is_fill:
+            notes.append("route: lora on a Fill model; its inpaint channels get ComfyUI's defaults.")
+        z_ref = _encode(vae, ref_px, info.latent_channels)
+        lay = layout.Layout(z_ref.shape[-2], z_ref.shape[-1])
+        samples = layout.concat(torch.zeros((batch,) + tuple(z_ref.shape[1:]), dtype=z_ref.dtype), z_ref)
+        model = patch_model(model, z_ref)
+    else:
+        z = _encode(vae, preview, info.latent_channels)
+        lay = layout.Layout.of(z)
+        extra = {"concat_latent_image": z, "concat_mask": lay_mask_px}
+        positive = node_helpers.conditioning_set_values(positive, extra)
+        if negative is not None:
+            negative = node_helpers.conditioning_set_values(negative, extra)
+        samples = layout.match_batch(z, batch).clone()
+
+    if negative is None:
+        negative = zero_conditioning(positive)
+    g = float(guidance)
+    if g >= 0:
+        positive = node_helpers.conditioning_set_values(positive, {"guidance": g})
+        negative = node_helpers.conditioning_set_values(negative, {"guidance": g})
+    elif not all("guidance" in extra for _, extra in positive):
+        g = info.default_guidance
+        positive = node_helpers.conditioning_set_values(positive, {"guidance": g})
+        negative = node_helpers.conditioning_set_values(negative, {"guidance": g})
+        notes.append(f"guidance: the prompt carried none, set to {g:g} (the {route} route's default).")
+
+    latent = {"samples": samples, "noise_mask": layout.target_mask(lay)}
+    prepared = PreparedReference(model, positive, negative, latent, route, w, h, preview, notes)
+    for n in notes:
+        log.warning("Instruct Identity Reference: %s", n)
+    return prepared
+
+
+def split_image(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, reference) halves of a decoded H x 2W diptych image."""
+    if image.shape[2] % 2:
+        raise InputError("image", f"width {image.shape[2]} px is odd, so it is not a [target | reference] diptych.",
+                         "Decode the LATENT that the Instruct Identity Reference node fed the sampler.")
+    half = image.shape[2] // 2
+    return image[:, :, :half], image[:, :, half:]
+
+
+def comparison(image: torch.Tensor) -> torch.Tensor:
+    """Reference on the left, generated target on the right, with a gutter."""
+    target, reference = split_image(image)
+    return images.side_by_side(reference, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+FIT_TOOLTIP = "pad: keep the whole reference, fill with pad_color; crop: fill the frame, cut the overflow; stretch: ignore the aspect ratio."
+
+
+class InstructIdentityReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="InstructIdentityReference",
+            display_name="Instruct Identity Reference",
+            category=CATEGORY,
+            description=("Puts your character's picture to the right of the picture to generate (one H x 2W latent) "
+                         "and patches the model so the sampler always sees the clean reference. Works with an "
+                         "Instruct Identity LoRA on FLUX.1 dev/schnell (route lora) and zero-shot with FLUX.1 Fill "
+                         "(route fill); auto picks by the model."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae"),
+                io.Conditioning.Input("positive"),
+                io.Image.Input("reference", tooltip="The character. RGBA is composited over pad_color; grayscale is expanded to RGB."),
+                io.Int.Input("width", default=0, min=0, max=MAX_SIDE, step=16, tooltip="Target width in px; 0 = the reference's width. Rounded to a multiple of 16 (FLUX)."),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIDE, step=16, tooltip="Target height in px; 0 = the reference's height."),
+                io.Combo.Input("fit", options=list(images.FIT_MODES), default="pad", tooltip=FIT_TOOLTIP),
+                io.String.Input("pad_color", default="#ffffff", tooltip="Colour for padding and transparency: #rrggbb or r,g,b."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per reference; with several references, 1 gives one sample each."),
+                io.Combo.Input("route", options=[ROUTE_AUTO, ROUTE_LORA, ROUTE_FILL], default=ROUTE_AUTO,
+                               tooltip="auto: fill for FLUX.1 Fill models, lora (clean reference in the model input) otherwise."),
+                io.Float.Input("guidance", default=-1.0, min=-1.0, max=100.0, step=0.1,
+                               tooltip="FLUX guidance. -1 keeps the prompt's own value, or uses the route's default (3.5; Fill 30) if it has none."),
+                io.Conditioning.Input("negative", optional=True, tooltip="Optional; a zeroed prompt is used when absent (FLUX usually runs at CFG 1)."),
+                io.Mask.Input("reference_mask", optional=True, tooltip="Optional subject mask: everything outside it becomes pad_color."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model"),
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.Latent.Output(display_name="latent"),
+                io.String.Output(display_name="info"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, positive, reference, width, height, fit, pad_color, batch_size, route, guidance,
+                negative=None, reference_mask=None) -> io.NodeOutput:
+        p = prepare_reference(model, vae, positive, reference, negative=negative, width=width, height=height, fit=fit,
+                              pad_color=pad_color, batch_size=batch_size, route=route, guidance=guidance,
+                              reference_mask=reference_mask)
+        return io.NodeOutput(p.model, p.positive, p.negative, p.latent, p.info,
+                             ui=ui.PreviewImage(p.preview, cls=cls))
+
+
+class InstructIdentityDecodeTarget(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="InstructIdentityDecodeTarget",
+            display_name="Instruct Identity Decode Target",
+            category=CATEGORY,
+            description="Decodes the sampled [target | reference] latent and returns the generated target, and the reference beside it for comparison.",
+            inputs=[io.Latent.Input("samples"), io.Vae.Input("vae")],
+            outputs=[
+                io.Image.Output(display_name="target"),
+                io.Image.Output(display_name="comparison"),
+                io.Latent.Output(display_name="target_latent"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae) -> io.NodeOutput:
+        if vae is None:
+            raise InputError("vae", "no VAE is connected.", "Connect the same VAE as the Reference node.")
+        grid = samples["samples"]
+        target_latent, _ = layout.split(grid)
+        decoded = vae.decode(grid)
+        if decoded.ndim == 5:  # video-shaped VAEs return [B, T, H, W, C]
+            decoded = decoded.reshape(-1, *decoded.shape[-3:])
+        target, _ = split_image(decoded)
+        return io.NodeOutput(target, comparison(decoded), {"samples": target_latent.contiguous()})
+
+
+class InstructIdentitySplitLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="InstructIdentitySplitLatent",
+            display_name="Instruct Identity Split Latent",
+            category=CATEGORY,
+            description="Splits a [target | reference] latent into its two halves.",
+            inputs=[io.Latent.Input("samples")],
+            outputs=[io.Latent.Output(display_name="target"), io.Latent.Output(display_name="reference")],
+        )
+
+    @classmethod
+    def execute(cls, samples) -> io.NodeOutput:
+        target, reference = layout.split(samples["samples"])
+        return io.NodeOutput({"samples": target.contiguous()}, {"samples": reference.contiguous()})
+
+
+class InstructIdentitySplitImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="InstructIdentitySplitImage",
+            display_name="Instruct Identity Split Image",
+            category=CATEGORY,
+            description="Splits a decoded [target | reference] image into the target, the reference, and a reference | target comparison.",
+            inputs=[io.Image.Input("image")],
+            outputs=[io.Image.Output(display_name="target"), io.Image.Output(display_name="reference"),
+                     io.Image.Output(display_name="comparison")],
+        )
+
+    @classmethod
+    def execute(cls, image) -> io.NodeOutput:
+        target, reference = split_image(image)
+        return io.NodeOutput(target, reference, comparison(image))
+
+
+NODES = [InstructIdentityReference, InstructIdentityDecodeTarget, InstructIdentitySplitLatent, InstructIdentitySplitImage]

