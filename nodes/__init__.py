@@ -35,4 +35,7 @@ class InstructIdentityExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> InstructIdentityExtension:
+    from . import _model_hints
+
+    _model_hints.install()
     return InstructIdentityExtension()

@@ -341,3 +341,126 @@ def tiny_sd15():
                use_linear_in_transformer=False, context_dim=32, num_heads=-1, num_head_channels=8, num_classes=None)
     model = sm.SD15(cfg).get_model({})
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def build_flux_lora_file(path: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A random kohya-format LoRA for the random flux1-dev file (img_in, one attention, one single block)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"img_in": (3072, 64), "double_blocks_0_img_attn_qkv": (9216, 3072), "single_blocks_0_linear2": (3072, 15360)}
+    sd = {}
+    for name, (out_f, in_f) in shapes.items():
+        sd[f"lora_unet_{name}.lora_down.weight"] = 0.02 * torch.randn(rank, in_f, generator=g)
+        sd[f"lora_unet_{name}.lora_up.weight"] = 0.02 * torch.randn(out_f, rank, generator=g)
+        sd[f"lora_unet_{name}.alpha"] = torch.tensor(float(rank))
+    _save(sd, path, dtype=torch.float32)
+    return path
+
+
+STANDARD_FILES[("loras", "instruct_identity_flux1_dev.safetensors")] = build_flux_lora_file
+
+
+# --------------------------------------------------------------------------------------------------
+# Workflows (UI format) against a running server's /object_info
+
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _input_specs(info: dict) -> list[tuple[str, list]]:
+    order = info.get("input_order") or {k: list(v) for k, v in info.get("input", {}).items()}
+    specs = []
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            specs.append((name, info["input"][section][name]))
+    return specs
+
+
+def _is_widget(spec) -> bool:
+    t, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    if opts.get("forceInput"):
+        return False
+    return isinstance(t, list) or t in WIDGET_TYPES
+
+
+def _combo_options(spec) -> list | None:
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO":
+        return (spec[1] or {}).get("options")
+    return None
+
+
+def check_workflow(workflow: dict, object_info: dict) -> tuple[list[str], dict]:
+    """Problems found in a UI-format workflow (missing node types, link type mismatches, invalid
+    widget values) and its API-format prompt."""
+    problems: list[str] = []
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {lk[0]: lk for lk in workflow["links"]}
+    prompt: dict = {}
+    for n in workflow["nodes"]:
+        t = n["type"]
+        if t in FRONTEND_ONLY or n.get("mode", 0) in (2, 4):
+            continue
+        info = object_info.get(t)
+        if info is None:
+            problems.append(f"node {n['id']}: type {t} does not exist on the server")
+            continue
+        inputs: dict = {}
+        values = list(n.get("widgets_values") or [])
+        linked = {i["name"]: i.get("link") for i in n.get("inputs", []) if i.get("link") is not None}
+        for name, spec in _input_specs(info):
+            if _is_widget(spec):
+                if not values:
+                    problems.append(f"node {n['id']} ({t}): no widget value for {name}")
+                    break
+                value = values.pop(0)
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if opts.get("control_after_generate") or (spec[0] == "INT" and name in ("seed", "noise_seed")):
+                    if values and values[0] in ("fixed", "increment", "decrement", "randomize"):
+                        values.pop(0)
+                if opts.get("image_upload") and values and values[0] in ("image", "video", "audio"):
+                    values.pop(0)
+                if name in linked:
+                    continue
+                choices = _combo_options(spec)
+                if choices is not None and value not in choices:
+                    problems.append(f"node {n['id']} ({t}): {name}={value!r} not in {choices[:8]}")
+                elif spec[0] in ("INT", "FLOAT"):
+                    if not isinstance(value, (int, float)) or isinstance(value, bool):
+                        problems.append(f"node {n['id']} ({t}): {name}={value!r} is not a number")
+                    elif ("min" in opts and value < opts["min"]) or ("max" in opts and value > opts["max"]):
+                        problems.append(f"node {n['id']} ({t}): {name}={value} outside [{opts.get('min')}, {opts.get('max')}]")
+                elif spec[0] == "STRING" and not isinstance(value, str):
+                    problems.append(f"node {n['id']} ({t}): {name}={value!r} is not text")
+                elif spec[0] == "BOOLEAN" and not isinstance(value, bool):
+                    problems.append(f"node {n['id']} ({t}): {name}={value!r} is not a boolean")
+                inputs[name] = value
+            elif name in linked:
+                pass
+            elif name in info["input"].get("required", {}):
+                problems.append(f"node {n['id']} ({t}): required input {name} is not connected")
+        for slot, inp in enumerate(n.get("inputs", [])):
+            link_id = inp.get("link")
+            if link_id is None:
+                continue
+            lk = links.get(link_id)
+            if lk is None:
+                problems.append(f"node {n['id']} ({t}): input {inp['name']} names missing link {link_id}")
+                continue
+            _, src_id, src_slot, dst_id, dst_slot, ltype = lk[:6]
+            src = nodes.get(src_id)
+            src_info = object_info.get(src["type"]) if src else None
+            if src_info is None:
+                problems.append(f"link {link_id}: source node {src_id} unknown")
+                continue
+            out_type = src_info["output"][src_slot]
+            spec = dict(_input_specs(info)).get(inp["name"])
+            in_type = spec[0] if spec else inp.get("type")
+            in_type = "COMBO" if isinstance(in_type, list) else in_type
+            if "*" not in (out_type, in_type) and not (set(str(out_type).split(",")) & set(str(in_type).split(","))):
+                problems.append(f"link {link_id}: {src['type']} output {src_slot} ({out_type}) -> {t}.{inp['name']} ({in_type})")
+            if ltype not in (out_type, "*") and ltype != in_type:
+                problems.append(f"link {link_id}: declared type {ltype} but the output is {out_type}")
+            inputs[inp["name"]] = [str(src_id), src_slot]
+        prompt[str(n["id"])] = {"class_type": t, "inputs": inputs}
+    return problems, prompt
