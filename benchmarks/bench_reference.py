@@ -1,0 +1,124 @@
+"""Cost of the reference-concat sampler patch.
+
+    .venv/bin/python benchmarks/bench_reference.py            # small random FLUX on the CPU
+    .venv/bin/python benchmarks/bench_reference.py --real     # FLUX.1 dimensions, random weights, GPU
+
+Prints, for one sampling run of the same H x 2W latent: time with and without the patch (overhead
+ratio, target <= 1.02), and H x 2W vs H x W (measured ratio next to the FLOP ratio). No weights
+are downloaded; the model is built with random weights in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import ii_harness  # noqa: E402
+
+
+def flux_flops(tokens_img: int, tokens_txt: int, hidden: int, depth: int, depth_single: int, mlp_ratio: float = 4.0) -> float:
+    """Forward FLOPs of the FLUX blocks (matmuls + attention), enough for ratios."""
+    n = tokens_img + tokens_txt
+    d = hidden
+    attn = 4 * n * n * d  # QK^T and AV
+    double = 2 * n * d * (3 * d + d + 2 * mlp_ratio * d) + attn
+    single = 2 * n * d * (3 * d + mlp_ratio * d + d + mlp_ratio * d) + attn
+    return depth * double + depth_single * single
+
+
+def build(args):
+    if args.real:
+        ii_harness.setup_comfy()
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.supported_models as sm
+
+        cfg = ii_harness.tiny_flux_config("flux", hidden=3072, heads=24, context=4096, vec=768)
+        cfg.update(axes_dim=[16, 56, 56], depth=19, depth_single_blocks=38)
+        mc = sm.Flux(cfg)
+        mc.set_inference_dtype(torch.bfloat16, None)
+        dev = comfy.model_management.get_torch_device()
+        with torch.device(dev):
+            model = mc.get_model({})
+        ii_harness.init_random_(model.diffusion_model)
+        model.diffusion_model.to(dev, torch.bfloat16)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
+        return patcher, cfg, 4096, 768
+    hidden, heads = args.hidden, args.hidden // 64
+    model = ii_harness.tiny_flux("flux", hidden=hidden, heads=heads, context=64, vec=64)
+    cfg = ii_harness.tiny_flux_config("flux", hidden=hidden, heads=heads)
+    return model, cfg, 64, 64
+
+
+def sample(model, latent, cond, steps, mask=None):
+    import comfy.sample
+
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)).to(latent)
+    sync()
+    t = time.perf_counter()
+    comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", cond, cond, latent, noise_mask=mask,
+                        disable_pbar=True, seed=0)
+    sync()
+    return time.perf_counter() - t
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--real", action="store_true", help="FLUX.1-dev dimensions (12B, random weights); needs a GPU")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="target sizes in px (default 256 CPU; 512 1024 real)")
+    ap.add_argument("--hidden", type=int, default=256, help="hidden size of the small CPU model")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    sizes = args.sizes or ([512, 1024] if args.real else [256])
+    ii_harness.setup_comfy()
+    from instruct_identity.core import layout
+    from instruct_identity.nodes.patch import patch_model
+
+    model, cfg, ctx, vec = build(args)
+    dev = model.load_device
+    g = torch.Generator().manual_seed(1)
+    cond = [[torch.randn(1, 512 if args.real else 77, ctx, generator=g).to(dev),
+             {"pooled_output": torch.randn(1, vec, generator=g).to(dev), "guidance": 3.5}]]
+    print(f"device: {dev}; model: hidden {cfg['hidden_size']}, blocks {cfg['depth']}+{cfg['depth_single_blocks']}; "
+          f"{args.steps} euler steps, median of {args.repeats}")
+    for px in sizes:
+        h = w = px // 8
+        z_ref = torch.randn(1, 16, h, w, generator=g).to(dev)
+        grid = layout.concat(torch.zeros_like(z_ref), z_ref)
+        mask = layout.target_mask(layout.Layout(h, w), device=dev)
+        patched = patch_model(model, z_ref)
+        single = torch.zeros_like(z_ref)
+        sample(patched, grid, cond, 1, mask)  # warm-up (model load, kernels)
+        sample(model, single, cond, 1)
+        plain_t, patch_t, single_t = [], [], []
+        for _ in range(args.repeats):  # interleaved, so drift hits all three alike
+            plain_t.append(sample(model, grid, cond, args.steps, mask))
+            patch_t.append(sample(patched, grid, cond, args.steps, mask))
+            single_t.append(sample(model, single, cond, args.steps))
+        plain, patched_s, single_s = (statistics.median(x) for x in (plain_t, patch_t, single_t))
+        txt = cond[0][0].shape[1]
+        tok = (h // 2) * (w // 2)
+        flop_ratio = flux_flops(2 * tok, txt, cfg["hidden_size"], cfg["depth"], cfg["depth_single_blocks"]) / \
+            flux_flops(tok, txt, cfg["hidden_size"], cfg["depth"], cfg["depth_single_blocks"])
+        print(f"target {px}x{px} (grid {px}x{2 * px}, {2 * tok} image + {txt} text tokens):")
+        print(f"  H x 2W unpatched {plain:.3f}s  patched {patched_s:.3f}s  overhead x{patched_s / plain:.3f} (target <= 1.02)")
+        print(f"  H x 2W vs H x W  x{plain / single_s:.2f} measured, x{flop_ratio:.2f} by FLOPs")
+        if args.real and torch.cuda.is_available():
+            print(f"  peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
