@@ -79,7 +79,7 @@ def init_random_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> t
     return module
 
 
-TINY_FAMILIES = ("flux", "flux_fill", "flux2", "flux_schnell")
+TINY_FAMILIES = ("flux", "flux_fill", "flux2", "flux_schnell", "chroma")
 
 
 def tiny_flux_config(family: str = "flux", hidden: int = 128, heads: int = 2, context: int = 32, vec: int = 32) -> dict:
@@ -98,6 +98,11 @@ def tiny_flux_config(family: str = "flux", hidden: int = 128, heads: int = 2, co
                 "axes_dim": [16, 16, 16, 16], "theta": 2000, "mlp_ratio": 3.0, "global_modulation": True,
                 "vec_in_dim": None, "mlp_silu_act": True, "qkv_bias": False, "ops_bias": False,
                 "default_ref_method": "index", "ref_index_scale": 10.0, "guidance_embed": True}
+    if family == "chroma":  # Chroma: no pooled vector, a distilled guidance/modulation network
+        return dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=context, hidden_size=hidden,
+                    mlp_ratio=4.0, num_heads=heads, depth=1, depth_single_blocks=1, axes_dim=[16, 24, 24],
+                    theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=hidden, hidden_dim=2 * hidden,
+                    n_layers=2)
     raise ValueError(f"unknown tiny family {family!r}; choose from {TINY_FAMILIES}")
 
 
@@ -108,7 +113,8 @@ def tiny_flux(family: str = "flux", seed: int = 0, **kw):
     import comfy.supported_models as sm
 
     unet_config = tiny_flux_config(family, **kw)
-    cls = {"flux": sm.Flux, "flux_fill": sm.FluxInpaint, "flux2": sm.Flux2, "flux_schnell": sm.FluxSchnell}[family]
+    cls = {"flux": sm.Flux, "flux_fill": sm.FluxInpaint, "flux2": sm.Flux2, "flux_schnell": sm.FluxSchnell,
+           "chroma": sm.Chroma}[family]
     model_config = cls(unet_config)
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
@@ -464,3 +470,26 @@ def check_workflow(workflow: dict, object_info: dict) -> tuple[list[str], dict]:
             inputs[inp["name"]] = [str(src_id), src_slot]
         prompt[str(n["id"])] = {"class_type": t, "inputs": inputs}
     return problems, prompt
+
+
+def flux2_vae(seed: int = 0):
+    """ComfyUI's VAE object around a random FLUX.2-shaped autoencoder (32 z-channels, 2x2-patchified
+    and batch-normed to 128 latent channels at 1/16 resolution), built in memory."""
+    setup_comfy()
+    import comfy.sd
+    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+    dd = dict(double_z=True, z_channels=32, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
+              num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+    sd = {}
+    for prefix, cls in (("encoder.", Encoder), ("decoder.", Decoder)):
+        sd.update({prefix + k: v for k, v in _random_sd(cls(**dd), seed).items()})
+    g = torch.Generator().manual_seed(seed)
+    sd["quant_conv.weight"] = torch.eye(64).view(64, 64, 1, 1) + 0.01 * torch.randn(64, 64, 1, 1, generator=g)
+    sd["quant_conv.bias"] = torch.zeros(64)
+    sd["post_quant_conv.weight"] = torch.eye(32).view(32, 32, 1, 1) + 0.01 * torch.randn(32, 32, 1, 1, generator=g)
+    sd["post_quant_conv.bias"] = torch.zeros(32)
+    sd["bn.running_mean"] = torch.zeros(128)
+    sd["bn.running_var"] = torch.ones(128)
+    sd["bn.num_batches_tracked"] = torch.tensor(0)
+    return comfy.sd.VAE(sd=sd)

@@ -22,7 +22,7 @@ def _setup(family="flux", batch=2, refs=1, seed=0):
     model = patch_model(base, z_ref)
     lay = layout.Layout(H, W)
     latent = layout.concat(torch.zeros(batch, info.latent_channels, H, W), z_ref)
-    pooled = 32 if family != "flux2" else None
+    pooled = 32 if family in ("flux", "flux_fill", "flux_schnell") else None
     pos = ii_harness.flux_conditioning(pooled_dim=pooled, seed=1)
     neg = ii_harness.flux_conditioning(pooled_dim=pooled, seed=2)
     return base, model, z_ref, lay, latent, pos, neg
@@ -139,12 +139,13 @@ def test_the_reference_conditions_the_target():
     assert (outs[0] - outs[1]).abs().max() > 1e-3
 
 
-def test_second_family_flux2_128_channels_patch_1():
-    base, model, z_ref, lay, latent, pos, neg = _setup(family="flux2", batch=2)
+@pytest.mark.parametrize("family,channels,patch", [("flux2", 128, 1), ("chroma", 16, 2), ("flux_schnell", 16, 2)])
+def test_other_families(family, channels, patch):
+    base, model, z_ref, lay, latent, pos, neg = _setup(family=family, batch=2)
     from instruct_identity.nodes.patch import model_info
 
     info = model_info(base)
-    assert (info.family, info.latent_channels, info.patch_size, info.is_fill) == ("flux2", 128, 1, False)
+    assert (info.family, info.latent_channels, info.patch_size, info.is_fill) == (family.split("_")[0], channels, patch, False)
     rec, _ = _install_foreign(model)
     out = _run(model, latent, pos, neg, "ksampler", "euler", cfg=2.0, noise_mask=layout.target_mask(lay), steps=3)
     clean = base.model.process_latent_in(z_ref)

@@ -179,3 +179,22 @@ def test_split_and_comparison_nodes():
     assert torch.equal(cmp[:, :, :32], r) and torch.equal(cmp[:, :, 40:], t)
     with pytest.raises(InputError, match="^image: width 5 px is odd"):
         split_image(torch.rand(1, 4, 5, 3))
+
+
+def test_flux2_through_the_same_node_and_sampler():
+    """A second family end to end in-process: FLUX.2 layout (128 latent channels at 1/16, patch 1)."""
+    import comfy.sample
+    from instruct_identity.nodes.reference import InstructIdentityDecodeTarget, prepare_reference
+
+    model, vae = ii_harness.tiny_flux("flux2"), ii_harness.flux2_vae()
+    cond = ii_harness.flux_conditioning(pooled_dim=None, guidance=None)
+    p = prepare_reference(model, vae, cond, _image(h=32, w=48), width=64, height=30)
+    assert p.route == "lora" and (p.width, p.height) == (64, 32)
+    assert p.latent["samples"].shape == (1, 128, 2, 8)
+    noise = torch.randn(p.latent["samples"].shape, generator=torch.Generator().manual_seed(0))
+    out = comfy.sample.sample(p.model, noise, 2, 1.0, "euler", "simple", p.positive, p.negative, p.latent["samples"],
+                              noise_mask=p.latent["noise_mask"], disable_pbar=True, seed=0)
+    torch.testing.assert_close(layout.split(out)[1], layout.split(p.latent["samples"])[1], rtol=1e-4, atol=1e-4)
+    target, cmp, tlat = InstructIdentityDecodeTarget.execute({"samples": out}, vae).args
+    assert target.shape == (1, 32, 64, 3) and cmp.shape == (1, 32, 64 + 8 + 64, 3)
+    assert tlat["samples"].shape == (1, 128, 2, 4)
