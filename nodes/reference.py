@@ -202,7 +202,7 @@ class InstructIdentityReference(io.ComfyNode):
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=100.0, step=0.1,
                                tooltip="FLUX guidance. -1 keeps the prompt's own value, or uses the route's default (3.5; Fill 30) if it has none."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Optional; a zeroed prompt is used when absent (FLUX usually runs at CFG 1)."),
-                io.Mask.Input("reference_mask", optional=True, tooltip="Optional subject mask: everything outside it becomes pad_color."),
+                io.Mask.Input("reference_mask", optional=True, tooltip="Optional subject mask (1 = subject): everything outside it becomes pad_color. Load Image's MASK is 1 on transparent pixels, so pass it through Invert Mask first."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
