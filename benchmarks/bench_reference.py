@@ -62,11 +62,17 @@ def sample(model, latent, cond, steps, mask=None):
 
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0)).to(latent)
     sync()
-    t = time.perf_counter()
+    t = clock()
     comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", cond, cond, latent, noise_mask=mask,
                         disable_pbar=True, seed=0)
     sync()
-    return time.perf_counter() - t
+    return clock() - t
+
+
+def clock() -> float:
+    """GPU: wall time. CPU: this process's CPU time on one thread, which other load on a shared
+    machine barely disturbs (wall time there measures the neighbours)."""
+    return time.perf_counter() if torch.cuda.is_available() else time.process_time()
 
 
 def sync():
@@ -84,15 +90,17 @@ def main() -> None:
     args = ap.parse_args()
     sizes = args.sizes or ([512, 1024] if args.real else [256])
     ii_harness.setup_comfy()
+    if not args.real:
+        torch.set_num_threads(1)
     from instruct_identity.core import layout
-    from instruct_identity.nodes.patch import patch_model
+    from instruct_identity.nodes.patch import patch_model, reference_patch_of
 
     model, cfg, ctx, vec = build(args)
     dev = model.load_device
     g = torch.Generator().manual_seed(1)
     cond = [[torch.randn(1, 512 if args.real else 77, ctx, generator=g).to(dev),
              {"pooled_output": torch.randn(1, vec, generator=g).to(dev), "guidance": 3.5}]]
-    print(f"device: {dev}; model: hidden {cfg['hidden_size']}, blocks {cfg['depth']}+{cfg['depth_single_blocks']}; "
+    print(f"device: {dev} ({'wall' if torch.cuda.is_available() else 'single-thread CPU'} time); model: hidden {cfg['hidden_size']}, blocks {cfg['depth']}+{cfg['depth_single_blocks']}; "
           f"{args.steps} euler steps, median of {args.repeats}")
     for px in sizes:
         h = w = px // 8
@@ -116,6 +124,16 @@ def main() -> None:
         print(f"target {px}x{px} (grid {px}x{2 * px}, {2 * tok} image + {txt} text tokens):")
         print(f"  H x 2W unpatched {plain:.3f}s  patched {patched_s:.3f}s  overhead x{patched_s / plain:.3f} (target <= 1.02)")
         print(f"  H x 2W vs H x W  x{plain / single_s:.2f} measured, x{flop_ratio:.2f} by FLOPs")
+        holder = reference_patch_of(patched)
+        x = torch.randn_like(grid)
+        n = 200
+        t = clock()
+        for _ in range(n):  # what the patch adds to one model call: the input and the output edit
+            ref = holder.clean_reference(model.model, x)
+            layout.with_reference(layout.with_reference(x, ref), ref)
+        per_call = (clock() - t) / n
+        print(f"  patch work per model call {per_call * 1e6:.0f} us = {100 * per_call / (plain / args.steps):.2f}% "
+              f"of one model call")
         if args.real and torch.cuda.is_available():
             print(f"  peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
