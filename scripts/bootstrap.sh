@@ -111,6 +111,7 @@ case "$cmd" in
     exec "$py" main.py $device_flag --listen "${II_HOST:-127.0.0.1}" --port "${II_PORT:-8188}" --disable-auto-launch "$@" ;;
   test)
     setup
+    bash "$here/scripts/setup_browser.sh"   # Chromium + playwright-core for tests/frontend
     shift || true
     export II_COMFYUI_PATH="$comfy"
     exec "$py" -m pytest "$@" ;;

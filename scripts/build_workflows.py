@@ -107,7 +107,7 @@ def identity_graph(fill: bool) -> dict:
               "on the right the character standing, white background")
     text = g.add("CLIPTextEncode", (380, 0), [prompt], size=(400, 180), title="Prompt (what the character does)")
     ref = g.add("InstructIdentityReference", (380, 240),
-                [1024 if not fill else 768, 1024 if not fill else 768, "pad", "#ffffff", 1, "auto", -1.0], size=(400, 330))
+                [1024 if not fill else 768, 1024 if not fill else 768, "pad", "#ffffff", 1, "auto", -1.0], size=(400, 500))
     g.link(model_src[0], model_src[1], ref, "model")
     g.link(vae, "VAE", ref, "vae")
     g.link(clip, "CLIP", text, "clip")
@@ -133,7 +133,7 @@ def identity_graph(fill: bool) -> dict:
            if fill else "The Reference node keeps the clean reference to the right of the picture being generated at "
            "every sampling step — exactly how the LoRA was trained.")
     )
-    g.add("MarkdownNote", (380, 620), [note], size=(400, 260), title="How to use")
+    g.add("MarkdownNote", (380, 790), [note], size=(400, 260), title="How to use")
     return g.to_json()
 
 
