@@ -65,16 +65,19 @@ PY
 }
 
 install_requirements() {
+  # $1: the pack's extras ("" for running; "test,pyiqa" for the test suite, which also compares
+  # CHARIS's CLIP-IQA against the optional, non-commercial pyiqa backend)
+  local extras="${1:-}"
   local stamp="$venv/.ii-installed"
   local want
-  want="$(cat "$comfy/requirements.txt" requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
+  want="$(cat "$comfy/requirements.txt" requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)+$extras"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
   log "installing ComfyUI's requirements and this pack (torch stays as installed)"
   # torch/torchvision are already in; torchaudio only powers ComfyUI's audio nodes and would pull
   # another torch build, so it is left out.
   grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$comfy/requirements.txt" > "$venv/comfy-requirements.txt"
   "$py" -m pip install --quiet -r "$venv/comfy-requirements.txt" requests
-  "$py" -m pip install --quiet -e ".[test]"
+  "$py" -m pip install --quiet -e ".${extras:+[$extras]}"
   echo "$want" > "$stamp"
 }
 
@@ -92,7 +95,7 @@ link_pack() {
 setup() {
   make_venv
   extract_comfyui
-  install_requirements
+  install_requirements "${1:-}"
   link_pack
 }
 
@@ -110,7 +113,7 @@ case "$cmd" in
     # shellcheck disable=SC2086
     exec "$py" main.py $device_flag --listen "${II_HOST:-127.0.0.1}" --port "${II_PORT:-8188}" --disable-auto-launch "$@" ;;
   test)
-    setup
+    setup "test,pyiqa"
     bash "$here/scripts/setup_browser.sh"   # Chromium + playwright-core for tests/frontend
     shift || true
     export II_COMFYUI_PATH="$comfy"

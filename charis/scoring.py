@@ -1,0 +1,138 @@
+"""One function per CHARIS axis. Each takes the pictures and the model it needs (injected) and
+returns an :class:`AxisResult`: a value in [0, 1] with its details, or ``value=None`` with the
+reason it is missing. Nothing here loads a model or reads a file."""
+
+from __future__ import annotations
+
+from .clip import rescale_clip
+from .color import DEFAULT_SCALES, ColorScales, color_score_regions
+from .images import Picture
+from .results import AxisResult
+from .segment import alignment, single_threaded, transfer_regions
+from .vlm.judge import Judge
+
+ALIGN_IOU = 0.85  # silhouettes this similar (after normalising position and size) count as aligned
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour (Algorithm 1)
+
+
+def color(reference: Picture, generated: Picture, segmenter, queries=None, scales: ColorScales = DEFAULT_SCALES,
+          align_iou: float = ALIGN_IOU) -> AxisResult:
+    """Region-wise colour fidelity. For the weight-free segmenter, regions are put in
+    correspondence two ways and the better correspondence is kept: (a) when the two subjects'
+    silhouettes align (IoU >= ``align_iou`` after normalising position and size, mirrored or not),
+    the reference's regions are carried over onto the generated subject; (b) the generated image is
+    clustered on its own and regions are matched by position inside the subject."""
+    seg_ref = segmenter(reference, queries)
+    seg_gen = segmenter(generated, queries)
+    labelled = all(r.label for r in seg_ref.regions) and all(r.label for r in seg_gen.regions)
+    candidates = [("independent", seg_ref, seg_gen)]
+    with single_threaded():
+        iou, mirrored = alignment(seg_ref.subject, seg_gen.subject)
+        if not labelled and iou >= align_iou and seg_ref.regions:
+            candidates.append(("carried", *transfer_regions(seg_ref, seg_gen, mirrored)))
+    best = None
+    for how, a, b in candidates:
+        with single_threaded():
+            ra, rb = a.describe(scales), b.describe(scales)
+            res = color_score_regions(ra, rb, scales)
+        if res.value is not None and (best is None or res.value > best[1].value):
+            best = (how, res, ra, rb, a, b)
+    if best is None:
+        res = color_score_regions(seg_ref.describe(scales), seg_gen.describe(scales), scales)
+        return AxisResult.absent("color", res.missing or "no colour regions to compare",
+                                 segmenter=seg_ref.backend, notes=seg_ref.notes + seg_gen.notes)
+    how, res, ra, rb, a, b = best
+    details = {
+        "segmenter": a.backend if a.backend == b.backend else f"{a.backend}/{b.backend}",
+        "correspondence": "labels" if labelled else how,
+        "orientation": res.orientation if how == "independent" else ("mirrored" if mirrored else "direct"),
+        "silhouette_iou": round(iou, 4),
+        "per_space": {k: round(v, 5) for k, v in res.per_space.items()},
+        "reference_regions": [{"label": r.label, "area": round(r.area, 4), **r.color.as_dict()} for r in ra],
+        "generated_regions": [{"label": r.label, "area": round(r.area, 4), **r.color.as_dict()} for r in rb],
+        "matches": [{"ref": m.ref, "gen": m.gen, "weight": round(m.weight, 4), "direction": m.direction,
+                     "similarity": m.similarity} for m in res.matches],
+        "notes": a.notes + [n for n in b.notes if n not in a.notes],
+    }
+    return AxisResult.ok("color", res.value, **details)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLIP: quality and the CLIP half of the prompt axis
+
+
+def quality(generated: Picture, iqa) -> AxisResult:
+    if iqa is None:
+        return AxisResult.absent("quality", "no CLIP-IQA model configured")
+    return AxisResult.ok("quality", iqa.score(generated), backend=getattr(iqa, "name", type(iqa).__name__))
+
+
+def clip_score(generated: Picture, prompt: str, clip, rescale: tuple[float, float] | None = None) -> AxisResult:
+    if clip is None:
+        return AxisResult.absent("clip_score", "no CLIP model configured")
+    if not prompt or not prompt.strip():
+        return AxisResult.absent("clip_score", "no prompt given")
+    cos = clip.cosine(generated, prompt)
+    lo, hi = rescale if rescale else (None, None)
+    rule = f"clamp((cos - {lo}) / ({hi} - {lo}), 0, 1)" if rescale else "clamp(2.5 * max(cos, 0), 0, 1)"
+    return AxisResult.ok("clip_score", rescale_clip(cos, lo, hi), cosine=round(cos, 5), rescaling=rule,
+                         model=getattr(clip, "arch", None))
+
+
+# --------------------------------------------------------------------------------------------------
+# VLM axes
+
+
+def _vlm_missing(name: str, judge: Judge | None, answer=None) -> AxisResult:
+    if judge is None:
+        return AxisResult.absent(name, "no VLM configured")
+    return AxisResult.absent(name, answer.error or "no answer", vlm=judge.id, calls=answer.calls)
+
+
+def identity(reference: Picture, generated: Picture, prompt: str, judge: Judge | None) -> tuple[AxisResult, list[dict]]:
+    """Attribute-level identity: list the reference's attributes, then judge each in the generated
+    image. Returns the axis and the attribute list (also used as segmentation queries)."""
+    if judge is None:
+        return _vlm_missing("identity", None), []
+    listed = judge.ask("identity_attributes", {"reference": reference})
+    if not listed.ok:
+        res = _vlm_missing("identity", judge, listed)
+        res.details["step"] = "listing the reference's attributes"
+        return res, []
+    attributes = listed.value["attributes"]
+    judged = judge.ask("identity_judge", {"reference": reference, "generated": generated},
+                       attributes=attributes, prompt=prompt or "(no prompt given)")
+    if not judged.ok:
+        res = _vlm_missing("identity", judge, judged)
+        res.details.update(step="judging the attributes", attributes=attributes)
+        return res, attributes
+    verdicts = judged.value["verdicts"]
+    counts = {v: sum(1 for x in verdicts if x["verdict"] == v) for v in ("match", "partial", "mismatch", "not_visible")}
+    score = judged.value["score"]
+    return AxisResult.ok("identity", score / 4.0, vlm_score=score, attributes=attributes, verdicts=verdicts,
+                         verdict_counts=counts, vlm=judge.id, cached=listed.cached and judged.cached), attributes
+
+
+def vlm_rating(task: str, axis: str, pictures: dict[str, Picture], judge: Judge | None, **fields) -> AxisResult:
+    """A 0-4 rating task turned into an axis value (score / 4), keeping the VLM's other fields."""
+    if judge is None:
+        return _vlm_missing(axis, None)
+    ans = judge.ask(task, pictures, **fields)
+    if not ans.ok:
+        return _vlm_missing(axis, judge, ans)
+    extra = {k: v for k, v in ans.value.items() if k != "score"}
+    return AxisResult.ok(axis, ans.value["score"] / 4.0, vlm_score=ans.value["score"], vlm=judge.id,
+                         cached=ans.cached, **extra)
+
+
+def prompt_axis(vlm: AxisResult, clip: AxisResult) -> AxisResult:
+    """S_prompt = (VLM/4 + CLIP) / 2; missing when either half is (the halves stay in the details)."""
+    details = {"vlm": vlm.value, "clip": clip.value, "vlm_details": vlm.details, "clip_details": clip.details}
+    if vlm.value is None or clip.value is None:
+        why = "; ".join(f"{half} half missing: {r.missing}" for half, r in (("VLM", vlm), ("CLIP", clip))
+                        if r.value is None)
+        return AxisResult.absent("prompt", why, **details)
+    return AxisResult.ok("prompt", (vlm.value + clip.value) / 2.0, **details)

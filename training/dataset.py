@@ -1,0 +1,409 @@
+"""Training pairs: kohya-shaped dataset TOML or a JSONL manifest, checked before training, bucketed.
+
+Dataset TOML (kohya's shape; every key may sit in ``[general]``, a ``[[datasets]]`` or a subset)::
+
+    [general]
+    resolution = 512            # per image: each half of the H x 2W grid
+    enable_bucket = true
+    caption_extension = ".txt"
+
+    [[datasets]]
+    batch_size = 1
+
+      [[datasets.subsets]]
+      image_dir = "targets"                  # target images + captions (<stem><caption_extension>)
+      conditioning_data_dir = "references"   # the reference with the same stem (alias: reference_dir)
+      num_repeats = 1
+
+      [[datasets.subsets]]
+      manifest = "pairs.jsonl"               # {"reference": ..., "target": ..., "caption": ...} per line
+
+Grid mode needs no reference (``image_dir`` + captions, or manifest lines with ``target``/``image``).
+Every pair is checked before training (missing files, unreadable images, empty captions, reference and
+target of different sizes); bad pairs are listed in one report and skipped. Nothing in the dataset
+folders is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tomllib
+import torch
+
+from ..core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+SPATIAL_MULTIPLE = 16  # FLUX: VAE downscale 8 x patch 2
+
+DATASET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+                "bucket_no_upscale", "batch_size")
+SUBSET_KEYS = ("image_dir", "conditioning_data_dir", "reference_dir", "manifest", "caption_extension", "num_repeats",
+               "allow_size_mismatch")
+KOHYA_UNSUPPORTED = {
+    "class_tokens": "every pair needs its own caption",
+    "keep_tokens": "captions are encoded once and cached",
+    "shuffle_caption": "captions are encoded once and cached",
+    "caption_dropout_rate": "captions are encoded once and cached",
+    "flip_aug": "latents are cached, so there is no image augmentation",
+    "color_aug": "latents are cached, so there is no image augmentation",
+    "random_crop": "latents are cached, so there is no image augmentation",
+    "is_reg": "regularisation images are not used by this method",
+    "metadata_file": "use a JSONL manifest (reference, target, caption) instead",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass
+class Pair:
+    target: Path
+    reference: Path | None
+    caption: str
+    source: str                  # where it came from, for the report
+    dataset: int = 0             # index of its [[datasets]] entry
+    repeats: int = 1
+    size: tuple[int, int] = (0, 0)            # target (width, height), filled by the check
+    allow_size_mismatch: bool = False
+
+
+@dataclass
+class Problem:
+    source: str
+    problems: list[str]
+    files: list[str]
+
+
+@dataclass
+class DatasetSpec:
+    resolution: tuple[int, int]  # (width, height)
+    enable_bucket: bool
+    min_bucket_reso: int
+    max_bucket_reso: int
+    bucket_reso_steps: int
+    bucket_no_upscale: bool
+    batch_size: int
+
+
+@dataclass
+class Report:
+    pairs: list[Pair] = field(default_factory=list)        # usable
+    problems: list[Problem] = field(default_factory=list)  # skipped
+
+    @property
+    def total(self) -> int:
+        return len(self.pairs) + len(self.problems)
+
+    def text(self) -> str:
+        head = f"dataset check: {self.total} pairs found, {len(self.pairs)} usable, {len(self.problems)} skipped"
+        lines = [head]
+        for p in self.problems:
+            lines.append(f"  - {p.source}: {'; '.join(p.problems)}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"usable": len(self.pairs), "skipped": [asdict(p) for p in self.problems],
+                           "pairs": [{"target": str(p.target), "reference": str(p.reference) if p.reference else None,
+                                      "caption": p.caption, "source": p.source} for p in self.pairs]}, indent=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# reading the dataset description
+
+
+def _check_keys(table: dict, allowed: tuple, where: str) -> None:
+    for key in table:
+        if key in allowed or key in ("subsets", "datasets", "general"):
+            continue
+        if key in KOHYA_UNSUPPORTED:
+            raise InputError(f"{where}.{key}", f"is a kohya option this trainer does not support: {KOHYA_UNSUPPORTED[key]}.",
+                             "Remove it from the dataset config.")
+        near = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+        raise InputError(f"{where}.{key}", "is not a dataset option.",
+                         f"Did you mean \"{near[0]}\"?" if near else "See docs/trainer.md for the dataset keys.")
+
+
+def _resolution(value, where: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        w = h = value
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        w, h = int(value[0]), int(value[1])
+    else:
+        raise InputError(f"{where}.resolution", f"{value!r} is not a resolution.", "Use 512 or [width, height].")
+    for v in (w, h):
+        if v < SPATIAL_MULTIPLE or v % SPATIAL_MULTIPLE:
+            raise InputError(f"{where}.resolution", f"{v} px is not a positive multiple of {SPATIAL_MULTIPLE}.",
+                             "FLUX needs multiples of 16 px (VAE 8 x patch 2), e.g. 512 or 1024.")
+    return w, h
+
+
+def _spec(values: dict, where: str) -> DatasetSpec:
+    spec = DatasetSpec(
+        resolution=_resolution(values["resolution"], where),
+        enable_bucket=bool(values["enable_bucket"]),
+        min_bucket_reso=int(values["min_bucket_reso"]),
+        max_bucket_reso=int(values["max_bucket_reso"]),
+        bucket_reso_steps=int(values["bucket_reso_steps"]),
+        bucket_no_upscale=bool(values["bucket_no_upscale"]),
+        batch_size=int(values["batch_size"]),
+    )
+    if spec.bucket_reso_steps % SPATIAL_MULTIPLE or spec.bucket_reso_steps <= 0:
+        raise InputError(f"{where}.bucket_reso_steps", f"{spec.bucket_reso_steps} is not a multiple of 16.", "Use 64 or 16, 32.")
+    if spec.batch_size < 1:
+        raise InputError(f"{where}.batch_size", f"{spec.batch_size} is not a batch size.", "Use 1 or more.")
+    return spec
+
+
+def defaults_from(cfg) -> dict:
+    """Trainer-config values that act as the dataset defaults (kohya: args fill what [general] leaves)."""
+    return {"resolution": cfg.resolution, "enable_bucket": cfg.enable_bucket, "min_bucket_reso": cfg.min_bucket_reso,
+            "max_bucket_reso": cfg.max_bucket_reso, "bucket_reso_steps": cfg.bucket_reso_steps,
+            "bucket_no_upscale": cfg.bucket_no_upscale, "batch_size": cfg.train_batch_size,
+            "caption_extension": cfg.caption_extension, "num_repeats": 1, "allow_size_mismatch": False}
+
+
+def read_dataset(path: str | Path, defaults: dict, mode: str) -> tuple[list[DatasetSpec], list[Pair], list[Problem]]:
+    """Dataset specs and candidate pairs (not yet checked) from a dataset TOML or a JSONL manifest."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("dataset_config", f"{path} does not exist.", "Point it at a dataset TOML or a JSONL manifest.")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        spec = _spec(defaults, "dataset")
+        pairs, problems = read_manifest(path, mode, dataset=0, repeats=1, allow_mismatch=bool(defaults["allow_size_mismatch"]))
+        return [spec], pairs, problems
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError("dataset_config", f"{path} is not valid TOML ({e}).") from e
+    _check_keys(raw, (), "dataset")
+    general = raw.get("general", {})
+    _check_keys(general, DATASET_KEYS + SUBSET_KEYS, "general")
+    datasets = raw.get("datasets")
+    if not datasets:
+        raise InputError("dataset_config", f"{path} has no [[datasets]].", "Add [[datasets]] with [[datasets.subsets]].")
+    base = path.parent
+    specs, pairs, problems = [], [], []
+    for di, ds in enumerate(datasets):
+        where = f"datasets[{di}]"
+        _check_keys(ds, DATASET_KEYS + SUBSET_KEYS, where)
+        values = {**defaults, **general, **ds}
+        specs.append(_spec(values, where))
+        subsets = ds.get("subsets") or []
+        if not subsets:
+            raise InputError(where, "has no [[datasets.subsets]].", "Add one with image_dir (+ conditioning_data_dir) or manifest.")
+        for si, sub in enumerate(subsets):
+            swhere = f"{where}.subsets[{si}]"
+            _check_keys(sub, SUBSET_KEYS, swhere)
+            sv = {**values, **sub}
+            repeats = int(sv.get("num_repeats", 1))
+            if repeats < 1:
+                raise InputError(f"{swhere}.num_repeats", f"{repeats} must be at least 1.")
+            allow = bool(sv.get("allow_size_mismatch", False))
+            if "manifest" in sub:
+                p, q = read_manifest(_path(base, sub["manifest"]), mode, dataset=di, repeats=repeats, allow_mismatch=allow)
+            elif "image_dir" in sub:
+                ref_dir = sub.get("conditioning_data_dir", sub.get("reference_dir"))
+                if mode == "identity" and ref_dir is None:
+                    raise InputError(f"{swhere}.conditioning_data_dir", "identity mode needs the reference images.",
+                                     "Set conditioning_data_dir (or reference_dir) to the folder of references with "
+                                     "the same file names as the targets.")
+                p, q = read_image_dir(_path(base, sub["image_dir"]), _path(base, ref_dir) if ref_dir else None,
+                                      str(sv["caption_extension"]), mode, dataset=di, repeats=repeats,
+                                      allow_mismatch=allow, where=swhere)
+            else:
+                raise InputError(swhere, "has neither image_dir nor manifest.", "Set one of them.")
+            pairs += p
+            problems += q
+    return specs, pairs, problems
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def read_manifest(path: Path, mode: str, *, dataset: int, repeats: int, allow_mismatch: bool) -> tuple[list[Pair], list[Problem]]:
+    """JSONL: one ``{"reference", "target", "caption"}`` object per line, paths relative to the manifest."""
+    if not path.is_file():
+        raise InputError("manifest", f"{path} does not exist.", "Point it at a JSONL file of (reference, target, caption).")
+    pairs, problems = [], []
+    base = path.parent
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {n}"
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            problems.append(Problem(where, [f"not a JSON object ({e})"], []))
+            continue
+        target = row.get("target", row.get("image"))
+        reference = row.get("reference")
+        caption = row.get("caption")
+        missing = [k for k, v in (("target", target), ("caption", caption)) if v is None]
+        if mode == "identity" and reference is None:
+            missing.append("reference")
+        if missing:
+            problems.append(Problem(where, [f"no {', '.join(missing)} field"], []))
+            continue
+        pairs.append(Pair(_path(base, str(target)), _path(base, str(reference)) if reference is not None and mode == "identity" else None,
+                          str(caption), where, dataset, repeats, allow_size_mismatch=allow_mismatch))
+    return pairs, problems
+
+
+def read_image_dir(image_dir: Path, ref_dir: Path | None, caption_ext: str, mode: str, *, dataset: int, repeats: int,
+                   allow_mismatch: bool, where: str) -> tuple[list[Pair], list[Problem]]:
+    if not image_dir.is_dir():
+        raise InputError(f"{where}.image_dir", f"{image_dir} is not a folder.")
+    if ref_dir is not None and not ref_dir.is_dir():
+        raise InputError(f"{where}.conditioning_data_dir", f"{ref_dir} is not a folder.")
+    refs = {}
+    if ref_dir is not None:
+        for f in sorted(ref_dir.iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                refs.setdefault(f.stem, f)
+    pairs, problems = [], []
+    for f in sorted(image_dir.iterdir()):
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        src = f"{image_dir.name}/{f.name}"
+        cap_file = f.with_name(f.stem + caption_ext)
+        caption = cap_file.read_text(encoding="utf-8", errors="replace") if cap_file.is_file() else None
+        reference = None
+        if mode == "identity":
+            reference = refs.get(f.stem, (ref_dir / (f.stem + f.suffix)) if ref_dir else None)
+        if caption is None:
+            problems.append(Problem(src, [f"no caption file {cap_file.name}"], [str(f)]))
+            continue
+        pairs.append(Pair(f, reference, caption, src, dataset, repeats, allow_size_mismatch=allow_mismatch))
+    return pairs, problems
+
+
+# --------------------------------------------------------------------------------------------------
+# checking
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) after decoding the whole file (a truncated or corrupt image raises)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return im.size
+
+
+def check(pairs: list[Pair], problems: list[Problem] | None = None) -> Report:
+    """Keep the usable pairs; list every other one with all its problems. Never raises for bad data."""
+    report = Report(problems=list(problems or []))
+    sizes: dict[Path, tuple[int, int] | str] = {}
+
+    def size_of(p: Path):
+        if p not in sizes:
+            try:
+                sizes[p] = image_size(p)
+            except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
+                sizes[p] = f"unreadable image {p} ({type(e).__name__}: {str(e)[:80]})"
+        return sizes[p]
+
+    for pair in pairs:
+        issues: list[str] = []
+        files = [str(pair.target)] + ([str(pair.reference)] if pair.reference is not None else [])
+        got = {}
+        for role, p in (("target", pair.target), ("reference", pair.reference)):
+            if role == "reference" and p is None:
+                continue
+            if not p.is_file():
+                issues.append(f"missing {role} file {p}")
+                continue
+            s = size_of(p)
+            if isinstance(s, str):
+                issues.append(f"{role}: {s}")
+            else:
+                got[role] = s
+        if not pair.caption.strip():
+            issues.append("empty caption")
+        if ("target" in got and "reference" in got and got["target"] != got["reference"]
+                and not pair.allow_size_mismatch):
+            issues.append(f"size mismatch: target {got['target'][0]}x{got['target'][1]}, reference "
+                          f"{got['reference'][0]}x{got['reference'][1]} (set allow_size_mismatch = true to "
+                          "resize both to the same bucket)")
+        if issues:
+            report.problems.append(Problem(pair.source, issues, files))
+        else:
+            pair.caption = pair.caption.strip()
+            pair.size = got["target"]
+            report.pairs.append(pair)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# buckets
+
+
+def make_buckets(spec: DatasetSpec) -> list[tuple[int, int]]:
+    """kohya's bucket list: sizes of about ``resolution``'s area in ``bucket_reso_steps`` steps."""
+    w0, h0 = spec.resolution
+    if not spec.enable_bucket:
+        return [(w0, h0)]
+    area, step = w0 * h0, spec.bucket_reso_steps
+    lo = max(step, spec.min_bucket_reso // step * step)
+    hi = max(lo, spec.max_bucket_reso // step * step)
+    out = set()
+    w = lo
+    while w <= hi:
+        h = min(hi, (area // w) // step * step)
+        if h >= lo:
+            out.add((w, h))
+            out.add((h, w))
+        w += step
+    out.add((w0 // step * step or step, h0 // step * step or step))
+    return sorted(out)
+
+
+def choose_bucket(size: tuple[int, int], spec: DatasetSpec, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket with the nearest aspect ratio (kohya); ``bucket_no_upscale`` keeps small images small."""
+    w, h = size
+    if not spec.enable_bucket:
+        return buckets[0]
+    step = spec.bucket_reso_steps
+    if spec.bucket_no_upscale and w * h <= spec.resolution[0] * spec.resolution[1]:
+        return max(step, w // step * step), max(step, h // step * step)
+    ar = math.log(w / h)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ar), -b[0] * b[1]))
+
+
+def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
+    """An image resized to cover ``bucket`` (w, h) and centre-cropped: ``[1, h, w, 3]`` floats in 0..1.
+    Transparency is composited on white."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    bw, bh = bucket
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        im = im.convert("RGB")
+        w, h = im.size
+        s = max(bw / w, bh / h)
+        nw, nh = max(bw, round(w * s)), max(bh, round(h * s))
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.Resampling.LANCZOS)
+        left, top = (nw - bw) // 2, (nh - bh) // 2
+        im = im.crop((left, top, left + bw, top + bh))
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy()).unsqueeze(0)

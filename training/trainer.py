@@ -1,0 +1,466 @@
+"""``train(config)``: the run as a sequence of named steps.
+
+    setup:  accelerator -> check the dataset -> cache latents and captions -> free the encoders
+            -> load FLUX -> add LoRA -> optimizer and schedule -> prepare (DDP) -> resume
+    train:  optimizer steps (save / preview every N) -> final LoRA and state
+
+ComfyUI must be importable (``model.setup_comfyui``) before this module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.errors import InputError
+from . import checkpoints, lora, objective
+from .cache import FileHashes, TensorCache, atomic_write_bytes
+from .config import TrainConfig
+from .data import Encoders, MicroBatch, TrainData, build_items, sample_generator
+from .dataset import check, defaults_from, read_dataset
+from .losslog import LossLog
+from .model import (
+    Components,
+    FluxForward,
+    compute_dtype,
+    free_memory,
+    load_flux,
+    load_text_encoder,
+    load_vae,
+    place,
+    resolve_model_file,
+    use_cpu,
+    weight_dtype,
+)
+from .schedule import lr_lambda, warmup_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path | None
+    state_path: Path | None
+    step: int
+    losses: list[float] = field(default_factory=list)   # per optimizer step of this run (process mean)
+    samples: list[Path] = field(default_factory=list)
+    report: object = None
+    seconds_per_step: float = 0.0
+    peak_memory_bytes: int = 0
+    fixed_loss_before: float | None = None  # Eq. 2 on fixed noise/timesteps of a few training batches
+    fixed_loss_after: float | None = None
+
+
+@dataclass
+class StepInfo:
+    step: int
+    loss: float
+    lr: float
+    result: TrainResult
+
+
+class Interrupted(Exception):
+    """Raised by an ``on_step`` callback to stop a run (tests simulate a kill with it)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# named steps
+
+
+def make_accelerator(cfg: TrainConfig):
+    """accelerate's Accelerator; on a machine without a GPU it runs on the CPU, and several processes
+    (``accelerate launch --multi_gpu --num_processes N`` or ``torchrun``) then talk through gloo."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # accelerate keeps its settings in process-wide singletons: a second run in the same process (a
+    # ComfyUI node, tests) may use another precision. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(cpu=use_cpu(), mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+
+
+def warn_sharded(cfg: TrainConfig, acc) -> None:
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) and acc.is_main_process:
+        log.warning("%s is not covered by this trainer's tests (DDP is): LoRA files are built from the gathered state "
+                    "dict, resumable states also hold accelerate's copy of the model%s.", acc.distributed_type,
+                    "; preset A's row/column masks rely on per-parameter gradient hooks, which sharding may bypass"
+                    if cfg.preset == "A" else "")
+
+
+def check_dataset(cfg: TrainConfig, acc):
+    specs, pairs, problems = read_dataset(cfg.dataset_config, defaults_from(cfg), cfg.mode)
+    report = check(pairs, problems)
+    if acc.is_main_process:
+        out = Path(cfg.output_dir)
+        atomic_write_bytes(out / "dataset_report.json", report.to_json().encode())
+        atomic_write_bytes(out / "dataset_report.txt", (report.text() + "\n").encode())
+        (log.warning if report.problems else log.info)("%s", report.text())
+    if not report.pairs:
+        raise InputError("dataset_config", f"no usable pair in {cfg.dataset_config}.\n{report.text()}",
+                         "Fix the listed problems (see dataset_report.txt in the output folder).")
+    return report, specs
+
+
+def open_encoders(cfg: TrainConfig, components: Components | None, hashes: FileHashes) -> Encoders:
+    """Given components, or ComfyUI files that load only when a cache miss or the samples need them."""
+    if components is not None:
+        return Encoders.of(components.vae, components.text_encoder)
+    ae = resolve_model_file(cfg.ae, "vae", "ae")
+    clip_l = resolve_model_file(cfg.clip_l, "text_encoders", "clip_l")
+    t5 = resolve_model_file(cfg.t5xxl, "text_encoders", "t5xxl", required=False)
+    vae_id = f"vae:{hashes(ae)[:20]}"
+    te_id = "te:" + "+".join(hashes(p)[:20] for p in [clip_l] + ([t5] if t5 else []))
+    hashes.flush()
+    return Encoders(vae_id, te_id, lambda: load_vae(ae, hashes), lambda: load_text_encoder(clip_l, t5, hashes))
+
+
+def cache_data(cfg: TrainConfig, acc, report, specs, encoders: Encoders, hashes: FileHashes):
+    root = cfg.resolved_cache_dir
+    latents = TensorCache(root if cfg.cache_latents_to_disk else None, "latents")
+    texts = TensorCache(root if cfg.cache_text_encoder_outputs_to_disk else None, "text")
+    with acc.main_process_first():
+        items = build_items(report.pairs, specs, encoders, hashes, latents, texts, progress=_bar(acc))
+        if acc.is_main_process:
+            hashes.flush()
+    data = TrainData(items, specs, latents, texts, seed=cfg.seed, world=acc.num_processes)
+    return data
+
+
+def prepare_samples(cfg: TrainConfig, specs, encoders: Encoders):
+    if not (cfg.sample_prompts and (cfg.sample_every_n_steps or cfg.sample_at_first)):
+        return []
+    from . import sampling
+
+    w, h = specs[0].resolution
+    prompts = sampling.parse_prompts(cfg.sample_prompts, width=w, height=h, seed=cfg.seed)
+    return sampling.prepare(prompts, encoders.text, encoders.vae, cfg.mode)
+
+
+def release_encoders(encoders: Encoders, keep_vae: bool) -> None:
+    """T5-XXL must not sit in memory while training: drop the text encoder (and the VAE unless the
+    previews need it) and let ComfyUI free what it had loaded."""
+    encoders.drop_text()
+    if not keep_vae:
+        encoders.drop_vae()
+    free_memory()
+
+
+def load_model(cfg: TrainConfig, components: Components | None, hashes: FileHashes, device):
+    if components is not None:
+        patcher, model_file, model_hash = components.model, components.model_file, components.model_hash
+    else:
+        model_file = resolve_model_file(cfg.pretrained_model_name_or_path, "diffusion_models", "pretrained_model_name_or_path")
+        model_hash = hashes(model_file)
+        hashes.flush()
+        patcher = load_flux(model_file, weight_dtype(cfg.mixed_precision, cfg.fp8_base))
+    from ..nodes.patch import model_info
+
+    info = model_info(patcher)
+    if info.in_channels != info.latent_channels:
+        raise InputError("pretrained_model_name_or_path", f"this model takes {info.in_channels} input channels per "
+                         f"latent pixel (a Fill/Canny/Depth model); the trainer adapts plain FLUX.1 dev/schnell.",
+                         "Use flux1-dev.safetensors.")
+    place(patcher, device)
+    return patcher, model_file, model_hash
+
+
+def add_lora(cfg: TrainConfig, dm) -> list[lora.Target]:
+    targets = lora.inject(dm, cfg.preset, int(cfg.network_dim), float(cfg.network_alpha),
+                          dropout=float(cfg.network_dropout), seed=cfg.seed)
+    dm.train()
+    log.info("LoRA preset %s on %d modules (img_in included), rank %d, alpha %g: %.2fM trainable values",
+             cfg.preset, len(targets), cfg.network_dim, cfg.network_alpha,
+             lora.effective_parameter_count(dm, targets) / 1e6)
+    return targets
+
+
+def make_optimizer(cfg: TrainConfig, dm, total_steps: int):
+    params = [p for _, p in lora.trainable_parameters(dm)]
+    kwargs = cfg.optimizer_kwargs()
+    if cfg.optimizer_type == "AdamW8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise InputError("optimizer_type", "AdamW8bit needs bitsandbytes.", "pip install bitsandbytes, or use AdamW.") from e
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, **kwargs)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, **kwargs)
+    warm = warmup_steps(cfg.lr_warmup_steps, total_steps)
+    schedule = lr_lambda(scheduler=cfg.lr_scheduler, total=total_steps, warmup=warm, cycles=int(cfg.lr_scheduler_num_cycles),
+                         power=float(cfg.lr_scheduler_power), min_ratio=float(cfg.lr_scheduler_min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return optimizer, scheduler
+
+
+def total_steps(cfg: TrainConfig, data: TrainData) -> int:
+    if cfg.max_train_epochs:
+        return math.ceil(data.batches_per_epoch * int(cfg.max_train_epochs) / int(cfg.gradient_accumulation_steps))
+    return int(cfg.max_train_steps)
+
+
+def ignore_frozen_in_ddp(dm) -> None:
+    """DDP would broadcast (and check) every parameter, the frozen 12B base included: tell it not to."""
+    names = [n for n, p in dm.named_parameters() if not p.requires_grad] + [n for n, _ in dm.named_buffers()]
+    dm._ddp_params_and_buffers_to_ignore = names
+
+
+def step_loss(cfg: TrainConfig, patcher, forward: FluxForward, module, mb: MicroBatch, micro_step: int,
+              patch_size: int) -> torch.Tensor:
+    """Eq. 2 on one micro-batch (see ``objective``); noise and timesteps drawn per sample."""
+    base = patcher.model
+    device = mb.target.device
+    x0 = base.process_latent_in(mb.target.float())
+    ref = base.process_latent_in(mb.reference.float()) if mb.reference is not None else None
+    shape = objective.noise_shape(x0, cfg.mode)
+    u_n, u_u, noise = [], [], []
+    for sid in mb.sample_ids:
+        g = sample_generator(cfg.seed, micro_step, sid)
+        u_u.append(torch.rand((), generator=g))
+        u_n.append(torch.randn((), generator=g))
+        noise.append(torch.randn(shape, generator=g))
+    tokens = objective.grid_tokens(x0.shape[-2], x0.shape[-1], patch_size, cfg.mode)
+    sigmas = objective.sample_sigmas(cfg.timestep_sampling, torch.stack(u_n), torch.stack(u_u),
+                                     sigmoid_scale=cfg.sigmoid_scale, shift=cfg.discrete_flow_shift, tokens=tokens)
+    sigmas = sigmas.to(device)
+    inputs = objective.flow_inputs(x0, ref, torch.stack(noise).to(device), sigmas, cfg.mode, cfg.loss)
+    prediction = forward(module, inputs.model_input, sigmas, mb.context, mb.pooled)
+    return objective.flow_loss(prediction, inputs)
+
+
+def fixed_loss(cfg: TrainConfig, acc, patcher, forward: FluxForward, module, data: TrainData, patch_size: int,
+               batches: int = 4) -> float:
+    """Eq. 2 on the first few batches with fixed noise and timesteps (no gradient): a loss that is
+    comparable between the start and the end of a run, unlike the noisy per-step loss."""
+    values = []
+    was_training = module.training
+    module.eval()  # no dropout, and the training RNG streams stay untouched
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), acc.autocast():
+        for i in range(min(batches, data.batches_per_epoch)):
+            mb = data.micro_batch(i, acc.process_index, acc.device)
+            values.append(step_loss(cfg, patcher, forward, module, mb, -1 - i, patch_size).float())
+    module.train(was_training)
+    return acc.reduce(torch.stack(values).mean(), reduction="mean").item()
+
+
+def _bar(acc):
+    from tqdm.auto import tqdm
+
+    def progress(items, desc):
+        return tqdm(items, desc=desc, disable=not acc.is_main_process, leave=False)
+
+    return progress
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Run:
+    """Everything a running training holds (the loop's state is ``step`` and ``micro_step``)."""
+
+    cfg: TrainConfig
+    acc: object
+    patcher: object
+    dm: object                  # ComfyUI's FLUX module with the LoRA
+    module: object              # the same, as accelerate prepared it (DDP-wrapped on several processes)
+    forward: FluxForward
+    optimizer: object
+    scheduler: object
+    data: TrainData
+    targets: list
+    encoders: Encoders
+    samples: list
+    losslog: LossLog
+    result: TrainResult
+    model_hash: str
+    model_file: str | None
+    step: int = 0
+    micro_step: int = 0
+    last_saved: int = -1
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def patch_size(self) -> int:
+        return int(getattr(self.dm, "patch_size", 2))
+
+
+def optimizer_step(run: Run) -> tuple[float, float]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; (mean loss, next lr)."""
+    cfg, acc = run.cfg, run.acc
+    params = [p for _, p in lora.trainable_parameters(run.dm)]
+    losses = []
+    for _ in range(int(cfg.gradient_accumulation_steps)):
+        mb = run.data.micro_batch(run.micro_step, acc.process_index, acc.device)
+        with acc.accumulate(run.module):
+            with acc.autocast():
+                loss = step_loss(cfg, run.patcher, run.forward, run.module, mb, run.micro_step, run.patch_size)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(params, float(cfg.max_grad_norm))
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        run.micro_step += 1
+    if not getattr(run.optimizer, "step_was_skipped", False):
+        run.scheduler.step()
+    run.step += 1
+    return acc.reduce(torch.stack(losses).mean(), reduction="mean").item(), run.scheduler.get_last_lr()[0]
+
+
+def save(run: Run, final: bool) -> None:
+    """The LoRA file (final or per step) and, if enabled, the resumable state (all processes call this)."""
+    cfg, acc = run.cfg, run.acc
+    adapter = checkpoints.gather_adapter(acc, run.module, run.dm)
+    if acc.is_main_process:
+        path = (run.out_dir / f"{cfg.output_name}.safetensors" if final
+                else checkpoints.step_lora_path(run.out_dir, cfg.output_name, run.step))
+        run.result.lora_path = checkpoints.save_lora(path, adapter, run.targets, cfg, run.step, run.model_hash,
+                                                     run.model_file)
+        if not final:
+            checkpoints.prune_step_loras(run.out_dir, cfg.output_name, run.step, cfg.save_last_n_steps)
+        run.losslog.plot()
+    if cfg.save_state and run.last_saved != run.step:
+        state = {"step": run.step, "micro_step": run.micro_step, "world_size": acc.num_processes,
+                 "signature": checkpoints.shape_signature(cfg), "config": cfg.to_dict()}
+        run.result.state_path = checkpoints.save_state(acc, run.out_dir, cfg.output_name, run.step, state,
+                                                       cfg.save_last_n_steps_state)
+        run.last_saved = run.step
+    acc.wait_for_everyone()
+
+
+def preview(run: Run) -> None:
+    if run.samples and run.acc.is_main_process:
+        from .sampling import sample_all
+
+        cfg = run.cfg
+        run.result.samples += sample_all(run.patcher, run.samples, run.encoders.vae, out_dir=run.out_dir / "sample",
+                                         name=cfg.output_name, step=run.step, sampler=cfg.sample_sampler,
+                                         scheduler=cfg.sample_scheduler, mode=cfg.mode)
+    run.acc.wait_for_everyone()
+
+
+def setup(cfg: TrainConfig, components: Components | None, resume) -> Run:
+    """Dataset check, caches, encoders freed, FLUX + LoRA, optimizer, accelerate, resume."""
+    acc = make_accelerator(cfg)
+    warn_sharded(cfg, acc)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    hashes = FileHashes(cfg.resolved_cache_dir)
+
+    report, specs = check_dataset(cfg, acc)
+    encoders = open_encoders(cfg, components, hashes)
+    data = cache_data(cfg, acc, report, specs, encoders, hashes)
+    samples = prepare_samples(cfg, specs, encoders)
+    release_encoders(encoders, keep_vae=bool(samples))
+
+    patcher, model_file, model_hash = load_model(cfg, components, hashes, acc.device)
+    dm = patcher.model.diffusion_model
+    targets = add_lora(cfg, dm)
+    optimizer, scheduler = make_optimizer(cfg, dm, total_steps(cfg, data))
+    forward = FluxForward(dm, gradient_checkpointing=cfg.gradient_checkpointing, guidance=cfg.guidance_scale,
+                          dtype=compute_dtype(patcher))
+    ignore_frozen_in_ddp(dm)
+    module, optimizer = acc.prepare(dm, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    hooks = checkpoints.StateHooks(acc, dm, module)
+    acc.register_save_state_pre_hook(hooks.save)
+    acc.register_load_state_pre_hook(hooks.load)
+
+    step, micro_step = resume_run(cfg, acc, resume)
+    run = Run(cfg, acc, patcher, dm, module, forward, optimizer, scheduler, data, targets, encoders, samples,
+              LossLog(cfg.resolved_logging_dir, cfg.output_name), TrainResult(None, None, step, report=report),
+              model_hash, model_file, step, micro_step, last_saved=step if resume else -1)
+    if acc.is_main_process:
+        run.losslog.start(step)
+    return run
+
+
+def train(cfg: TrainConfig, components: Components | None = None, *, resume: str | bool | None = None,
+          on_step=None) -> TrainResult:
+    """Train a LoRA as ``cfg`` says. ``components`` replaces the ComfyUI model files (tests, benchmarks);
+    ``resume`` is a state folder, or True for the newest one in ``output_dir``; ``on_step(StepInfo)``
+    is called after every optimizer step (progress bars, cancelling)."""
+    from tqdm.auto import tqdm
+
+    run = setup(cfg, components, resume)
+    acc, result = run.acc, run.result
+    steps = total_steps(cfg, run.data)
+    if cfg.sample_at_first and run.step == 0:
+        preview(run)
+    result.fixed_loss_before = fixed_loss(cfg, acc, run.patcher, run.forward, run.module, run.data, run.patch_size)
+    bar = tqdm(total=steps, initial=run.step, desc=cfg.output_name, unit="step", disable=not acc.is_main_process,
+               dynamic_ncols=True)
+    durations: list[float] = []
+    run.module.train()
+    while run.step < steps:
+        t0 = time.perf_counter()
+        loss, lr = optimizer_step(run)
+        durations.append(time.perf_counter() - t0)
+        result.losses.append(loss)
+        result.step = run.step
+        if acc.is_main_process:
+            run.losslog.add(run.step, loss, lr, durations[-1], run.data.epoch_of(run.micro_step - 1))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if cfg.save_every_n_steps and run.step % int(cfg.save_every_n_steps) == 0 and run.step < steps:
+            save(run, final=False)
+        if cfg.sample_every_n_steps and run.step % int(cfg.sample_every_n_steps) == 0:
+            preview(run)
+        if on_step is not None:
+            on_step(StepInfo(run.step, loss, lr, result))
+    bar.close()
+    result.fixed_loss_after = fixed_loss(cfg, acc, run.patcher, run.forward, run.module, run.data, run.patch_size)
+    save(run, final=True)
+    timed = durations[1:] or durations  # the first step pays one-off costs
+    result.seconds_per_step = sorted(timed)[len(timed) // 2] if timed else 0.0
+    result.peak_memory_bytes = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    if acc.is_main_process:
+        log.info("done: %d steps, %.3f s/step; loss on fixed draws of the first batches %.4f -> %.4f; LoRA %s",
+                 run.step, result.seconds_per_step, result.fixed_loss_before, result.fixed_loss_after, result.lora_path)
+    acc.end_training()
+    return result
+
+
+def resume_run(cfg: TrainConfig, acc, resume) -> tuple[int, int]:
+    """Restore LoRA, optimizer, scheduler, RNG states, step and data position; (0, 0) for a fresh run."""
+    if not resume:
+        old = checkpoints.complete_states(Path(cfg.output_dir), cfg.output_name)
+        if old and acc.is_main_process:
+            log.warning("starting at step 0 although %s holds saved states (newest: step %d); use --resume to continue. "
+                        "They are replaced at this run's first save.", cfg.output_dir, old[-1][0])
+        return 0, 0
+    path = Path(resume) if isinstance(resume, (str, Path)) else checkpoints.latest_state(Path(cfg.output_dir), cfg.output_name)
+    if path is None:
+        if acc.is_main_process:
+            log.warning("--resume: no complete state in %s yet, starting at step 0", cfg.output_dir)
+        return 0, 0
+    if not (path / checkpoints.TRAINER_FILE).is_file():
+        raise InputError("--resume", f"{path} is not a complete training state.",
+                         "Give a *-state folder written by this trainer, or --resume alone for the newest one.")
+    saved = checkpoints.read_trainer_state(path)
+    if saved.get("signature") != checkpoints.shape_signature(cfg):
+        raise InputError("--resume", f"{path} was trained with {saved.get('signature')}, this config says "
+                         f"{checkpoints.shape_signature(cfg)}.", "Resume with the same mode, preset and network_dim.")
+    if saved.get("world_size") != acc.num_processes:
+        log.warning("resuming a %s-process state on %d processes: the data order restarts its epoch plan",
+                    saved.get("world_size"), acc.num_processes)
+    acc.load_state(str(path))
+    if acc.is_main_process:
+        log.info("resumed from %s at step %d", path, saved["step"])
+    return int(saved["step"]), int(saved["micro_step"])
