@@ -7,8 +7,9 @@ reference image and the prompt, and a one-line meaning (shown in reports and nod
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
+
+from ..core.errors import closest
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ def get_axis(name: str) -> AxisInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        near = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f" Did you mean '{near[0]}'?" if near else ""
+        near = closest(name, _REGISTRY)
+        hint = f" Did you mean '{near}'?" if near else ""
         raise KeyError(f"unknown CHARIS axis '{name}'.{hint} Known axes: {', '.join(_REGISTRY)}") from None
 
 

@@ -26,11 +26,11 @@ Example (``charis.toml``)::
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from ..core.errors import closest
 from .axes import CORE_AXES, DREAMBENCH_AXES, get_axis
 from .composite import MODES
 
@@ -138,8 +138,8 @@ def from_dict(cls, data: dict, where: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            near = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            near = closest(key, known)
+            hint = f" (did you mean '{near}'?)" if near else ""
             raise ValueError(f"unknown config key '{where}{key}'{hint}")
         default = known[key].default_factory() if callable(known[key].default_factory) else None  # type: ignore[misc]
         if is_dataclass(default):

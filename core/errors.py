@@ -12,3 +12,11 @@ class InputError(ValueError):
         if fix:
             message += f" {fix}"
         super().__init__(message)
+
+
+def closest(value, choices, cutoff: float = 0.6) -> str | None:
+    """The choice nearest to a mistyped ``value`` (for "did you mean ...?" hints), or None."""
+    import difflib
+
+    near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return near[0] if near else None

@@ -12,7 +12,6 @@ Relative paths are resolved against the folder of the config file.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import tomllib
 
-from ..core.errors import InputError
+from ..core.errors import InputError, closest
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +235,8 @@ class TrainConfig:
 
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
-        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" Did you mean \"{near[0]}\"?" if near else ""
+        near = closest(value, choices)
+        hint = f" Did you mean \"{near}\"?" if near else ""
         raise InputError(name, f"\"{value}\" is not one of {', '.join(map(str, choices))}.{hint}")
 
 
@@ -297,8 +296,8 @@ def from_dict(raw: dict, base_dir: Path | None = None) -> TrainConfig:
             raise InputError(key, f"is a kohya option this trainer does not support: {UNSUPPORTED_KOHYA_KEYS[key]}.",
                              "Remove it from the config.")
         else:
-            near = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
-            fix = f"Did you mean \"{near[0]}\"?" if near else "See docs/trainer.md for the keys."
+            near = closest(key, FIELDS)
+            fix = f"Did you mean \"{near}\"?" if near else "See docs/trainer.md for the keys."
             raise InputError(key, "is not a trainer option.", fix)
     if base_dir is not None:
         for key in PATH_KEYS:

@@ -26,7 +26,6 @@ folders is written.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from pathlib import Path
 import tomllib
 import torch
 
-from ..core.errors import InputError
+from ..core.errors import InputError, closest
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,9 @@ def _check_keys(table: dict, allowed: tuple, where: str) -> None:
         if key in KOHYA_UNSUPPORTED:
             raise InputError(f"{where}.{key}", f"is a kohya option this trainer does not support: {KOHYA_UNSUPPORTED[key]}.",
                              "Remove it from the dataset config.")
-        near = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+        near = closest(key, allowed)
         raise InputError(f"{where}.{key}", "is not a dataset option.",
-                         f"Did you mean \"{near[0]}\"?" if near else "See docs/trainer.md for the dataset keys.")
+                         f"Did you mean \"{near}\"?" if near else "See docs/trainer.md for the dataset keys.")
 
 
 def _resolution(value, where: str) -> tuple[int, int]:

@@ -107,13 +107,18 @@ def test_missing_model_file_says_where_to_put_it(server):
                      r"put it in .*models[/\\]diffusion_models", log), log[-2000:]
 
 
-def _wait_idle(server, timeout=120):
+def _wait_idle(server, timeout=300, cancel=False):
+    """Wait until nothing runs or waits; with ``cancel``, keep interrupting and clearing meanwhile
+    (an interrupt only stops the running prompt at its next node boundary)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         q = server.get("/queue")
         if not q["queue_running"] and not q["queue_pending"]:
             return
-        time.sleep(0.25)
+        if cancel:
+            server.post("/queue", {"clear": True})
+            server.post("/interrupt", {})
+        time.sleep(0.5)
     raise TimeoutError("queue did not drain")
 
 
@@ -133,10 +138,8 @@ def test_workflow_is_valid_and_accepted(server, path):
     assert not problems, "\n".join(problems)
     _wait_idle(server)
     status, body = server.post("/prompt", {"prompt": prompt})
-    server.post("/interrupt", {})
-    server.post("/queue", {"clear": True})
+    _wait_idle(server, cancel=True)
     assert status == 200 and not body.get("node_errors"), json.dumps(body, indent=1)[:3000]
-    _wait_idle(server)
 
 
 def test_workflows_show_in_the_template_browser(server):

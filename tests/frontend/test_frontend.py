@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import fake_judge
@@ -288,9 +287,7 @@ def test_charis_scores_on_the_nodes_after_a_real_run(frontend, charis_setup):
     assert fake_judge.XSS in expanded["text"] and "badge" in expanded["text"]
     assert expanded["images"] == 0, "an <img>/<script> element was created from model text"
     assert expanded["xss"] is None, "the onerror handler ran"
-    if seen["delivered"] != "ui":
-        warnings.warn("nodes/charis.py sends no per-attribute verdicts in its ui output; the browser test delivered "
-                      "the run's report through the 'executed' event instead (see docs/frontend.md)", stacklevel=1)
+    assert seen["delivered"] == "ui", "the Score node's own ui output must carry the per-attribute verdicts"
 
     # both palettes; every style rule is scoped to the pack's own elements
     assert seen["textColor"]["dark"] != seen["textColor"]["light"]
