@@ -1,0 +1,133 @@
+"""Command line: ``python -m instruct_identity.curation [curate] SHEETS DATASET [options]`` and
+``python -m instruct_identity.curation split SHEET OUT_DIR``.
+
+SHEETS is a folder of character sheets (or one sheet). Each sheet's layout comes from the
+``.sheet.json`` next to it (written by the Save Character Sheet node) or the PNG's text chunk; for
+plain pictures give the grid with ``--grid ROWSxCOLS --gutter PX`` (and ``--captions FILE``, one per
+cell). Exit status: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+from .filters import FILTER_MODES, make_filter
+from .pairs import PAIRINGS
+from .pipeline import CurationConfig, curate, folder_sources, load_picture, split_sheet
+from .sheets import read_sheet_info, uniform_info
+
+log = logging.getLogger("instruct_identity.curation")
+
+
+def _grid(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text or "")
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not ROWSxCOLS (e.g. 2x3)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m instruct_identity.curation",
+                                description="Turn character sheets into (reference, target, caption) training pairs.")
+    sub = p.add_subparsers(dest="command")
+    c = sub.add_parser("curate", help="sheets -> dataset (default command)")
+    c.add_argument("sheets", type=Path, help="folder of sheets (searched recursively) or one sheet")
+    c.add_argument("dataset", type=Path, help="dataset folder (created; resumed if it exists)")
+    c.add_argument("--pairing", choices=PAIRINGS, default="all", help="all ordered pairs, first cell as reference, or cyclic")
+    c.add_argument("--max-pairs", type=int, default=0, help="at most this many pairs per sheet (0 = no cap)")
+    c.add_argument("--near-duplicate", type=float, default=0.02, help="cells closer than this are duplicates (0..1)")
+    c.add_argument("--blank-std", type=float, default=0.02, help="cells whose pixels vary less than this are blank")
+    c.add_argument("--min-cell", type=int, default=32, help="smallest usable cell side in pixels")
+    c.add_argument("--filter", choices=FILTER_MODES, default="off", help="filter pairs with CHARIS (filter mode)")
+    c.add_argument("--charis-config", type=Path, help="CHARIS config (TOML/JSON) naming the local models for --filter charis")
+    c.add_argument("--grid", type=_grid, help="ROWSxCOLS for sheets without a layout file")
+    c.add_argument("--gutter", type=int, default=0, help="gutter in px for --grid")
+    c.add_argument("--captions", type=Path, help="text file, one caption per cell, for --grid")
+    c.add_argument("--no-recursive", action="store_true", help="only the top folder")
+    c.add_argument("--report", type=Path, help="also write the report (JSON) here")
+    c.add_argument("-v", "--verbose", action="store_true")
+    s = sub.add_parser("split", help="cut one sheet into its cells (for checking a layout)")
+    s.add_argument("sheet", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--grid", type=_grid)
+    s.add_argument("--gutter", type=int, default=0)
+    s.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _fallback(args, size_from: Path | None):
+    if not args.grid:
+        return None
+    if size_from is None:
+        raise InputError("--grid", "no picture to take the canvas size from.")
+    arr = load_picture(size_from)
+    captions = []
+    if getattr(args, "captions", None):
+        captions = [line.strip() for line in args.captions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return uniform_info(args.grid[0], args.grid[1], args.gutter, arr.shape[1], arr.shape[0], captions)
+
+
+def cmd_curate(args) -> int:
+    from tqdm import tqdm
+
+    from .sheets import find_sheets
+    pics = find_sheets(args.sheets, not args.no_recursive)
+    fallback = _fallback(args, pics[0] if pics else None)
+    config = CurationConfig(args.pairing, args.max_pairs, args.near_duplicate, args.blank_std, args.min_cell)
+    if args.filter == "charis" and not args.charis_config:
+        log.warning("--filter charis without --charis-config: CHARIS runs with its defaults (no local models), so axes "
+                    "that need a model are missing and those pairs are dropped")
+    pair_filter = make_filter(args.filter, config_path=str(args.charis_config) if args.charis_config else None)
+    from .pipeline import CurationReport
+    pre = CurationReport()
+    sources = folder_sources(args.sheets, fallback, not args.no_recursive, report=pre)
+    if not sources:
+        raise InputError("sheets", f"no character sheets found under {args.sheets}.",
+                         "Use sheets saved by the Save Character Sheet node, or give --grid ROWSxCOLS.")
+    bar = tqdm(total=len(sources), unit="sheet", disable=None)
+    report = curate(sources, args.dataset, config, pair_filter, progress=lambda n: bar.update(1))
+    bar.close()
+    report.skipped_sheets = pre.skipped_sheets + report.skipped_sheets
+    text = report.text()
+    for line in text.splitlines():
+        log.info("%s", line)
+    if args.report:
+        args.report.write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from PIL import Image
+
+    info = read_sheet_info(args.sheet) or _fallback(args, args.sheet)
+    if info is None:
+        raise InputError("sheet", f"{args.sheet} has no layout.", "Give --grid ROWSxCOLS (and --gutter).")
+    args.out.mkdir(parents=True, exist_ok=True)
+    cells = split_sheet(load_picture(args.sheet), info)
+    for i, (arr, cap) in enumerate(zip(cells, info.layout.captions), start=1):
+        Image.fromarray(arr).save(args.out / f"cell_{i:02d}.png")
+        (args.out / f"cell_{i:02d}.txt").write_text(cap + "\n", encoding="utf-8")
+    log.info("wrote %d cells to %s", len(cells), args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("curate", "split", "-h", "--help"):
+        argv = ["curate"] + argv
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return cmd_curate(args) if args.command == "curate" else cmd_split(args)
+    except InputError as e:
+        log.error("error: %s", e)
+        return 2
