@@ -1,0 +1,260 @@
+"""Evaluation of the toy runs: sampling through the project's own patch, and the metrics.
+
+Sampling is what a ComfyUI workflow does: ``nodes.patch.patch_model(model, reference_latent)`` and
+``comfy.sample.sample(..., noise_mask=layout.target_mask(...))`` with a stock sampler, on an
+``[empty target | reference]`` latent; the target half of the result is decoded.
+
+Metrics per item (held-out character, reference pose, requested target pose):
+
+* ``charis_color``: CHARIS's colour axis (``charis.scoring.color`` with its weight-free
+  ``ClusterSegmenter``) between the reference and the output; position-independent. Pictures are
+  upscaled 4x (nearest) first, since the segmenter erodes masks by a pixel.
+* ``part_color_acc``: for each body part, the mean output colour inside the ground-truth target's part
+  mask, classified to the nearest of the 10 palette colours (or white background); the share of parts
+  classified as the true colour. ``part_color_err``: RGB distance (0..1 units) of that mean colour to the
+  ground truth's mean colour in the same mask. Both need the part in the right place.
+* ``sil_iou``: silhouette IoU of the output with the ground-truth target (pose / position / size).
+* ``copy_paste``: whether the output silhouette overlaps the reference's silhouette more than the
+  requested target's (pairs are chosen with IoU(reference, target) < 0.35, so the two differ).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import data, sprites
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_THRESHOLD = 0.25  # max over channels of (1 - value): farther from white than this is "figure"
+
+
+@dataclass
+class EvalItem:
+    pair: data.PairSpec
+    reference: np.ndarray   # uint8 [S, S, 3]
+    target: np.ndarray      # uint8 [S, S, 3]
+    target_masks: dict
+    ref_masks: dict
+
+
+def make_items(pairs: list[data.PairSpec], size: int) -> list[EvalItem]:
+    out = []
+    for p in pairs:
+        ref, ref_masks = sprites.render(p.char, p.ref_pose, size)
+        tgt, tgt_masks = sprites.render(p.char, p.tgt_pose, size)
+        out.append(EvalItem(p, ref, tgt, tgt_masks, ref_masks))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling
+
+
+def conditioning(text_encoder, captions: list[str]):
+    conds, pooled = zip(*(text_encoder.encode(c) for c in captions))
+    return [[torch.stack(conds), {"pooled_output": torch.stack(pooled)}]]
+
+
+@torch.no_grad()
+def sample_identity(model, codec, text_encoder, items: list[EvalItem], *, steps: int, seed: int,
+                    sampler: str = "euler", scheduler: str = "simple", batch: int = 32) -> np.ndarray:
+    """Outputs (target halves) for ``items`` as float RGB ``[N, S, S, 3]`` in 0..1, through the patch."""
+    import comfy.sample
+
+    from instruct_identity.core import layout
+    from instruct_identity.nodes.patch import patch_model
+
+    outs = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        refs = codec.encode(torch.cat([data.to_image(it.reference) for it in chunk]))
+        lay = layout.Layout(refs.shape[-2], refs.shape[-1])
+        latent = layout.concat(torch.zeros_like(refs), refs)
+        patched = patch_model(model, refs)
+        positive = conditioning(text_encoder, [it.pair.caption for it in chunk])
+        negative = conditioning(text_encoder, [""] * len(chunk))
+        noise = comfy.sample.prepare_noise(latent, seed + start)
+        out = comfy.sample.sample(patched, noise, steps, 1.0, sampler, scheduler, positive, negative, latent,
+                                  denoise=1.0, noise_mask=layout.target_mask(lay), disable_pbar=True, seed=seed + start)
+        target, reference = layout.split(out)
+        if not torch.allclose(reference, refs, atol=1e-4):
+            raise AssertionError("the patch did not keep the reference half clean")
+        outs.append(codec.decode(target).numpy())
+    return np.concatenate(outs)
+
+
+@torch.no_grad()
+def sample_text_to_image(model, codec, text_encoder, captions: list[str], *, size: int, steps: int, seed: int,
+                         sampler: str = "euler", scheduler: str = "simple") -> np.ndarray:
+    """Plain text-to-image samples of the base model (no patch), ``[N, S, S, 3]``."""
+    import comfy.sample
+
+    from . import components
+
+    n = len(captions)
+    latent = torch.zeros(n, components.LATENT_CHANNELS, size // components.DOWNSCALE, size // components.DOWNSCALE)
+    positive = conditioning(text_encoder, captions)
+    negative = conditioning(text_encoder, [""] * n)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    out = comfy.sample.sample(model, noise, steps, 1.0, sampler, scheduler, positive, negative, latent, denoise=1.0,
+                              disable_pbar=True, seed=seed)
+    return codec.decode(out).numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+
+
+def figure_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of a float RGB image (0..1) that are not white background."""
+    return (1.0 - rgb).max(-1) > BACKGROUND_THRESHOLD
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+_NAMES = list(sprites.PALETTE)
+_PALETTE = np.array([sprites.PALETTE[n] for n in _NAMES], np.float32) / 255.0
+
+
+def part_colors(out: np.ndarray, item: EvalItem) -> tuple[float, float, int]:
+    """(correct parts, summed RGB error, parts) for one output against its ground truth."""
+    correct, err, n = 0, 0.0, 0
+    gt = item.target.astype(np.float32) / 255.0
+    char = item.pair.char
+    for part, mask in item.target_masks.items():
+        if not mask.any():
+            continue
+        true = getattr(char, part) if part != "hat" else char.hat
+        gt_mean = gt[mask].mean(0)
+        out_mean = out[mask].mean(0)
+        # candidates as rendered in this mask: a patterned torso darkens a fixed share of its pixels
+        dark = float((item.target[mask] != np.array(sprites.PALETTE[true], np.uint8)).any(-1).mean())
+        cands = np.concatenate([_PALETTE * (1 - 0.55 * dark), np.ones((1, 3), np.float32)])
+        guess = int(np.argmin(((cands - out_mean) ** 2).sum(-1)))
+        correct += int(guess < len(_NAMES) and _NAMES[guess] == true)
+        err += float(np.linalg.norm(out_mean - gt_mean))
+        n += 1
+    return correct, err, n
+
+
+def _upscale(rgb: np.ndarray, k: int = 4) -> np.ndarray:
+    return np.repeat(np.repeat(rgb, k, 0), k, 1)
+
+
+class CharisColor:
+    """CHARIS's colour axis if ``charis`` is importable (it is written in parallel), else None."""
+
+    def __init__(self):
+        self.error = None
+        try:
+            from instruct_identity.charis import scoring
+            from instruct_identity.charis.color import ColorScales
+            from instruct_identity.charis.images import Picture
+            from instruct_identity.charis.segment import ClusterSegmenter
+
+            self._scoring, self._picture = scoring, Picture
+            self._segmenter, self._scales = ClusterSegmenter(), ColorScales()
+        except Exception as e:  # noqa: BLE001 - report it, keep the other metrics
+            self.error = f"{type(e).__name__}: {e}"
+            log.warning("CHARIS colour axis unavailable (%s): column left empty", self.error)
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+    def __call__(self, reference: np.ndarray, generated: np.ndarray) -> float:
+        if not self.available:
+            return math.nan
+
+        def pic(rgb):
+            return self._picture(torch.from_numpy(_upscale(rgb.astype(np.float32))).permute(2, 0, 1).contiguous())
+
+        res = self._scoring.color(pic(reference), pic(generated), self._segmenter, None, self._scales)
+        return float(res.value) if res.value is not None else 0.0
+
+
+METRICS = ("charis_color", "part_color_acc", "part_color_err", "sil_iou", "copy_paste")
+
+
+def score(outputs: np.ndarray, items: list[EvalItem], charis: CharisColor | None = None) -> dict:
+    """Per-item metric lists and their means / standard errors."""
+    per = {m: [] for m in METRICS}
+    for out, it in zip(outputs, items):
+        out = out.astype(np.float32)
+        fig = figure_mask(out)
+        tgt_sil = sprites.silhouette(it.target_masks)
+        ref_sil = sprites.silhouette(it.ref_masks)
+        i_t, i_r = iou(fig, tgt_sil), iou(fig, ref_sil)
+        correct, err, n = part_colors(out, it)
+        per["sil_iou"].append(i_t)
+        per["copy_paste"].append(float(i_r > i_t))
+        per["part_color_acc"].append(correct / n)
+        per["part_color_err"].append(err / n)
+        per["charis_color"].append(charis(it.reference.astype(np.float32) / 255.0, out) if charis else math.nan)
+    summary = {}
+    for m, vals in per.items():
+        v = np.asarray(vals, np.float64)
+        summary[m] = float(v.mean())
+        summary[m + "_se"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return {"mean": summary, "items": per}
+
+
+# --------------------------------------------------------------------------------------------------
+# pictures
+
+
+def grid_png(path, items: list[EvalItem], outputs: np.ndarray, title: str, n: int = 12, cols: int = 3,
+             scale: int = 4) -> None:
+    """Rows of ``reference | ground truth | output`` triplets (``cols`` triplets per row), atomically."""
+    import os
+
+    from PIL import Image, ImageDraw
+
+    n = min(n, len(items))
+    s = items[0].reference.shape[0] * scale
+    gap, head = 6, 18
+    rows = math.ceil(n / cols)
+    w = cols * (3 * s + 2) + (cols - 1) * gap
+    h = head + rows * (s + gap)
+    canvas = Image.new("RGB", (w, h), (200, 200, 200))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title, fill=(0, 0, 0))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        x0, y0 = c * (3 * s + 2 + gap), head + r * (s + gap)
+        out = (np.clip(outputs[i], 0, 1) * 255).round().astype(np.uint8)
+        for j, img in enumerate((items[i].reference, items[i].target, out)):
+            tile = Image.fromarray(img).resize((s, s), Image.NEAREST)
+            canvas.paste(tile, (x0 + j * (s + 1), y0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def t2i_png(path, images: np.ndarray, captions: list[str], title: str, scale: int = 4, cols: int = 8) -> None:
+    import os
+
+    from PIL import Image, ImageDraw
+
+    s = images.shape[1] * scale
+    rows = math.ceil(len(images) / cols)
+    canvas = Image.new("RGB", (cols * (s + 2), 18 + rows * (s + 2)), (200, 200, 200))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        tile = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).resize((s, s), Image.NEAREST)
+        canvas.paste(tile, (c * (s + 2), 18 + r * (s + 2)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)

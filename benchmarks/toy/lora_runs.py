@@ -1,0 +1,118 @@
+"""Identity LoRA runs with the project's own trainer, and loading their files the way ComfyUI does.
+
+Every run calls ``training.trainer.train(cfg, components=Components(model, codec, text_encoder))``
+with a config built by ``training.config.from_dict`` from the same keys a user's TOML holds; only the
+sizes differ from a real run. The saved LoRA is then loaded onto a fresh copy of the base with
+ComfyUI's own LoRA loader (``comfy.sd.load_lora_for_models``, what ``LoraLoaderModelOnly`` calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import components, data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    steps: int = 400
+    batch: int = 16
+    rank: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    preset: str
+    loss: str
+    seed: int
+
+
+def trainer_config(spec: RunSpec, s: LoraSettings, manifest: Path, out_dir: Path, cache_dir: Path, size: int):
+    from instruct_identity.training.config import from_dict
+
+    return from_dict(dict(
+        mode="identity", preset=spec.preset, loss=spec.loss, network_dim=s.rank, network_alpha=float(s.rank),
+        dataset_config=str(manifest), resolution=size, train_batch_size=s.batch, max_train_steps=s.steps,
+        learning_rate=s.lr, lr_scheduler="constant", optimizer_type="AdamW", timestep_sampling="uniform",
+        guidance_scale=1.0, mixed_precision="no", seed=spec.seed, output_dir=str(out_dir), output_name=spec.name,
+        cache_dir=str(cache_dir), save_state=False))
+
+
+def train_run(spec: RunSpec, s: LoraSettings, manifest: Path, work: Path, base_state: dict, unet: dict, codec,
+              text_encoder, base_hash: str) -> tuple[dict, object]:
+    """Train one LoRA; returns its file, timings and losses (and keeps the trained model for the held-out loss)."""
+    from instruct_identity.training.model import Components
+    from instruct_identity.training.trainer import train
+
+    cfg = trainer_config(spec, s, manifest, work / "runs" / spec.name, work / "trainer-cache", data_size(manifest))
+    patcher = components.build_model(unet, state_dict=base_state)
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    result = train(cfg, Components(patcher, codec, text_encoder, None, base_hash))
+    info = {"lora": str(result.lora_path), "wall_s": time.perf_counter() - t_wall, "cpu_s": time.process_time() - t_cpu,
+            "seconds_per_step": result.seconds_per_step, "losses": result.losses,
+            "fixed_loss_before": result.fixed_loss_before, "fixed_loss_after": result.fixed_loss_after,
+            "steps": result.step}
+    return info, patcher
+
+
+def data_size(manifest: Path) -> int:
+    import json
+
+    from PIL import Image
+
+    first = Path(manifest).read_text().splitlines()[0]
+    with Image.open(Path(manifest).parent / json.loads(first)["target"]) as im:
+        return im.size[0]
+
+
+def load_with_lora(unet: dict, base_state: dict, lora_path: str | None):
+    """A fresh base, plus the LoRA file through ComfyUI's loader (None: the base alone)."""
+    import comfy.sd
+    import comfy.utils
+
+    base = components.build_model(unet, state_dict=base_state)
+    if lora_path is None:
+        return base
+    model, _ = comfy.sd.load_lora_for_models(base, None, comfy.utils.load_torch_file(lora_path), 1.0, 0.0)
+    return model
+
+
+@torch.no_grad()
+def heldout_loss(patcher, codec, text_encoder, pairs: list[data.PairSpec], size: int, seed: int) -> float:
+    """Eq. 2 on held-out pairs (target half only, for every run, masked or full), fixed noise and
+    timesteps on a grid of noise levels: comparable between runs, unlike the training losses."""
+    from instruct_identity.training import objective
+    from instruct_identity.training.model import FluxForward
+
+    from . import sprites
+
+    base = patcher.model
+    dm = base.diffusion_model
+    was = dm.training
+    dm.eval()
+    forward = FluxForward(dm, gradient_checkpointing=False, guidance=1.0)
+    refs = torch.cat([data.to_image(sprites.render(p.char, p.ref_pose, size)[0]) for p in pairs])
+    tgts = torch.cat([data.to_image(sprites.render(p.char, p.tgt_pose, size)[0]) for p in pairs])
+    ref = base.process_latent_in(codec.encode(refs))
+    tgt = base.process_latent_in(codec.encode(tgts))
+    conds, pooled = zip(*(text_encoder.encode(p.caption) for p in pairs))
+    context, pooled = torch.stack(conds), torch.stack(pooled)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for sigma in (0.1, 0.3, 0.5, 0.7, 0.9):
+        sig = torch.full((len(pairs),), sigma)
+        noise = torch.randn((len(pairs), *objective.noise_shape(tgt, "identity")), generator=g)
+        inputs = objective.flow_inputs(tgt, ref, noise, sig, "identity", "masked")
+        losses.append(float(objective.flow_loss(forward(dm, inputs.model_input, sig, context, pooled), inputs)))
+    dm.train(was)
+    return sum(losses) / len(losses)
