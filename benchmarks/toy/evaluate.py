@@ -57,7 +57,7 @@ def make_items(pairs: list[data.PairSpec], size: int) -> list[EvalItem]:
 
 
 def conditioning(text_encoder, captions: list[str]):
-    conds, pooled = zip(*(text_encoder.encode(c) for c in captions))
+    conds, pooled = zip(*(text_encoder.encode(c) for c in captions), strict=True)
     return [[torch.stack(conds), {"pooled_output": torch.stack(pooled)}]]
 
 
@@ -188,8 +188,10 @@ METRICS = ("charis_color", "part_color_acc", "part_color_err", "sil_iou", "copy_
 def score(outputs: np.ndarray, items: list[EvalItem], charis: CharisColor | None = None) -> dict:
     """Per-item metric lists and their means / standard errors."""
     per = {m: [] for m in METRICS}
-    for out, it in zip(outputs, items):
-        out = out.astype(np.float32)
+    if len(outputs) != len(items):
+        raise ValueError(f"{len(outputs)} outputs for {len(items)} items")
+    for raw, it in zip(outputs, items, strict=True):
+        out = raw.astype(np.float32)
         fig = figure_mask(out)
         tgt_sil = sprites.silhouette(it.target_masks)
         ref_sil = sprites.silhouette(it.ref_masks)

@@ -39,8 +39,10 @@ def setup(threads: int) -> None:
 
 def _quiet() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("root", "accelerate", "instruct_identity.training", "bitsandbytes"):
+    logging.getLogger().setLevel(logging.ERROR)  # ComfyUI logs through the root logger
+    for noisy in ("accelerate", "instruct_identity.training", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    log.setLevel(logging.INFO)
 
 
 def eval_items(job: dict):

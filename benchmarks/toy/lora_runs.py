@@ -105,7 +105,7 @@ def heldout_loss(patcher, codec, text_encoder, pairs: list[data.PairSpec], size:
     tgts = torch.cat([data.to_image(sprites.render(p.char, p.tgt_pose, size)[0]) for p in pairs])
     ref = base.process_latent_in(codec.encode(refs))
     tgt = base.process_latent_in(codec.encode(tgts))
-    conds, pooled = zip(*(text_encoder.encode(p.caption) for p in pairs))
+    conds, pooled = zip(*(text_encoder.encode(p.caption) for p in pairs), strict=True)
     context, pooled = torch.stack(conds), torch.stack(pooled)
     g = torch.Generator().manual_seed(seed)
     losses = []
