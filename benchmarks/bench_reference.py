@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import ii_harness  # noqa: E402
+from instruct_identity.engine import runtime, synthetic
 
 
 def flux_flops(tokens_img: int, tokens_txt: int, hidden: int, depth: int, depth_single: int, mlp_ratio: float = 4.0) -> float:
@@ -34,27 +30,17 @@ def flux_flops(tokens_img: int, tokens_txt: int, hidden: int, depth: int, depth_
 
 
 def build(args):
+    """(model, unet_config, context width, pooled width): FLUX.1-dev dimensions on the accelerator with
+    ``--real``, else a small FLUX of ``--hidden`` on the CPU; random weights either way."""
     if args.real:
-        ii_harness.setup_comfy()
         import comfy.model_management
-        import comfy.model_patcher
-        import comfy.supported_models as sm
 
-        cfg = ii_harness.tiny_flux_config("flux", hidden=3072, heads=24, context=4096, vec=768)
-        cfg.update(axes_dim=[16, 56, 56], depth=19, depth_single_blocks=38)
-        mc = sm.Flux(cfg)
-        mc.set_inference_dtype(torch.bfloat16, None)
+        cfg = dict(synthetic.FLUX_DEV)
         dev = comfy.model_management.get_torch_device()
-        with torch.device(dev):
-            model = mc.get_model({})
-        ii_harness.init_random_(model.diffusion_model)
-        model.diffusion_model.to(dev, torch.bfloat16)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=torch.device("cpu"))
-        return patcher, cfg, 4096, 768
+        return synthetic.random_flux(cfg, device=dev, dtype=torch.bfloat16), cfg, cfg["context_in_dim"], cfg["vec_in_dim"]
     hidden, heads = args.hidden, args.hidden // 64
-    model = ii_harness.tiny_flux("flux", hidden=hidden, heads=heads, context=64, vec=64)
-    cfg = ii_harness.tiny_flux_config("flux", hidden=hidden, heads=heads)
-    return model, cfg, 64, 64
+    cfg = synthetic.tiny_flux_config("flux", hidden=hidden, heads=heads, context=64, vec=64)
+    return synthetic.tiny_flux("flux", hidden=hidden, heads=heads, context=64, vec=64), cfg, 64, 64
 
 
 def sample(model, latent, cond, steps, mask=None):
@@ -89,11 +75,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     sizes = args.sizes or ([512, 1024] if args.real else [256])
-    ii_harness.setup_comfy()
+    runtime.setup_comfyui(cpu=not args.real)
     if not args.real:
         torch.set_num_threads(1)
     from instruct_identity.core import layout
-    from instruct_identity.nodes.patch import patch_model, reference_patch_of
+    from instruct_identity.engine.patch import reference_patch_of
+    from instruct_identity.engine.sampling import identity_inputs
 
     model, cfg, ctx, vec = build(args)
     dev = model.load_device
@@ -105,9 +92,8 @@ def main() -> None:
     for px in sizes:
         h = w = px // 8
         z_ref = torch.randn(1, 16, h, w, generator=g).to(dev)
-        grid = layout.concat(torch.zeros_like(z_ref), z_ref)
-        mask = layout.target_mask(layout.Layout(h, w), device=dev)
-        patched = patch_model(model, z_ref)
+        inputs = identity_inputs(model, z_ref)
+        grid, mask, patched = inputs.latent, inputs.noise_mask, inputs.model
         single = torch.zeros_like(z_ref)
         sample(patched, grid, cond, 1, mask)  # warm-up (model load, kernels)
         sample(model, single, cond, 1)

@@ -34,29 +34,18 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import ii_harness  # noqa: E402
+from instruct_identity.engine import runtime, synthetic
 
 
 def build_model(kind: str, device: str):
-    ii_harness.setup_comfy()
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models as sm
-
+    runtime.setup_comfyui(cpu=device == "cpu")
     if kind == "tiny":
-        cfg = ii_harness.tiny_flux_config("flux")
+        cfg = synthetic.tiny_flux_config("flux")
     else:  # the size of one real FLUX.1 block: 3072 wide, 24 heads, CLIP-L-wide text (like the server tests' file)
-        cfg = ii_harness.tiny_flux_config("flux", hidden=3072, heads=24, context=768, vec=768)
+        cfg = synthetic.tiny_flux_config("flux", hidden=3072, heads=24, context=768, vec=768)
         cfg["axes_dim"] = [16, 56, 56]
-    model_config = sm.Flux(cfg)
-    model_config.set_inference_dtype(torch.float32 if device == "cpu" else torch.bfloat16, None)
-    model = model_config.get_model({})
-    ii_harness.init_random_(model.diffusion_model, seed=0)
-    dev = torch.device(device)
-    model.diffusion_model.to(dev).eval()
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    patcher = synthetic.random_flux(cfg, device=device, dtype=dtype)
     return patcher, cfg["context_in_dim"], cfg["vec_in_dim"]
 
 
@@ -113,7 +102,7 @@ def main(argv=None) -> int:
     import comfy.sample
 
     from instruct_identity.core import regions as R
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     g = torch.Generator().manual_seed(0)
     base = [[torch.randn(1, args.text_tokens, ctx, generator=g), {"pooled_output": torch.randn(1, vec, generator=g), "guidance": 3.5}]]

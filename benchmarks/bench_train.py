@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 SMALL = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=64, context_in_dim=64, hidden_size=256,
              mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=4, axes_dim=[16, 24, 24], theta=10000,
@@ -40,13 +39,13 @@ SMALL = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=64,
 
 
 def setup():
-    import ii_harness
+    from instruct_identity.engine import runtime
 
-    ii_harness.setup_comfy()
+    runtime.setup_comfyui()
 
 
 def build(size: str, device: str, dtype: torch.dtype, double: int | None, single: int | None):
-    from instruct_identity.training.synthetic import FLUX_DEV, random_flux
+    from instruct_identity.engine.synthetic import FLUX_DEV, random_flux
 
     cfg = dict(FLUX_DEV if size == "flux-dev" else SMALL)
     if double is not None:

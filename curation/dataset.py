@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.files import atomic_write_bytes, atomic_write_text
+from ..core.imagefile import png_bytes
 from .pairs import content_id
-from .sheets import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +114,11 @@ class DatasetWriter:
 
     def image(self, arr: np.ndarray) -> str:
         """Store a ``[H, W, 3]`` uint8 picture (once) and return its path relative to the manifest."""
-        from PIL import Image
 
         name = f"{content_id(arr)}.png"
         path = self.images / name
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(prefix=".img.", suffix=".png", dir=self.images)
-            os.close(fd)
-            try:
-                Image.fromarray(arr).save(tmp, format="PNG", compress_level=4)
-                try:
-                    os.link(tmp, path)          # atomic and never replaces an existing file
-                except FileExistsError:
-                    pass
-                except OSError:                 # file system without hard links
-                    if not path.exists():
-                        os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+        if not path.exists():  # content-named: an existing file already holds these pixels
+            atomic_write_bytes(path, png_bytes(arr), overwrite=False)
         return f"{IMAGES}/{name}"
 
     def add(self, reference: str, target: str, caption: str, **meta) -> bool:

@@ -19,27 +19,6 @@ PAIRINGS = ("all", "first", "cyclic")
 THUMB = 24
 
 
-def to_uint8(image) -> np.ndarray:
-    """``[H, W, C]`` torch/numpy float (0..1) or uint8 -> ``[H, W, 3]`` uint8."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu()
-        if image.ndim == 4:
-            image = image[0]
-        arr = image.float().clamp(0, 1).mul(255).round().to(torch.uint8).numpy() if image.is_floating_point() else image.numpy()
-    else:
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            arr = np.clip(np.round(arr.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, -1)
-    if arr.shape[-1] == 4:
-        a = arr[..., 3:4].astype(np.float32) / 255
-        arr = np.round(arr[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
-    elif arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, -1)
-    return np.ascontiguousarray(arr[..., :3])
-
-
 def content_id(arr: np.ndarray) -> str:
     """Stable id of a picture's pixels (shape included)."""
     h = hashlib.sha256()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
+from ..core.imagefile import load_rgb, to_uint8
 from ..core.regions import crop_cells
 from . import pairs as PA
 from .dataset import DatasetWriter
@@ -100,11 +101,8 @@ class SheetSource:
 
 
 def load_picture(path: str | Path) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return PA.to_uint8(np.asarray(im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB")))
+    """A sheet's pixels as ``[H, W, 3]`` uint8 (transparency on white); InputError naming the file."""
+    return to_uint8(load_rgb(path, name="sheet")[0])
 
 
 def split_sheet(image: np.ndarray, info: SheetInfo) -> list[np.ndarray]:
@@ -120,7 +118,7 @@ def _stable_order(key: str, items: list) -> list:
 def curate_sheet(writer: DatasetWriter, source: SheetSource, config: CurationConfig, report: CurationReport,
                  pair_filter: PairFilter | None = None) -> None:
     name = source.name
-    image = load_picture(source.image) if isinstance(source.image, (str, Path)) else PA.to_uint8(source.image)
+    image = load_picture(source.image) if isinstance(source.image, (str, Path)) else to_uint8(source.image)
     info = source.info
     cells = split_sheet(image, info)
     captions = [c.strip() for c in info.layout.captions]

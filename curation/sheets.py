@@ -19,13 +19,12 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.files import atomic_write_text
 from ..core.regions import RegionLayout, grid_layout, prompt_lines
 
 SHEET_FORMAT = "instruct-identity-sheet"
@@ -269,21 +268,6 @@ class SheetInfo:
         return cls(RegionLayout.from_dict(data["layout"], name=where), str(data.get("character", "") or ""),
                    str(data.get("description", "") or ""), str(data.get("base_prompt", "") or ""),
                    data.get("seed"), str(data.get("image", "") or ""), {k: v for k, v in data.items() if k not in known})
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sidecar_path(image_path: Path) -> Path:

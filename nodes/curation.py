@@ -6,15 +6,15 @@ import hashlib
 import os
 from pathlib import Path
 
-from comfy_api.latest import io
-
 import comfy.model_management
 import comfy.utils
 import folder_paths
+from comfy_api.latest import io
 
 from ..core.errors import InputError
+from ..core.imagefile import to_uint8
 from ..curation import filters as FI
-from ..curation.pairs import PAIRINGS, to_uint8
+from ..curation.pairs import PAIRINGS
 from ..curation.pipeline import CurationConfig, SheetSource, curate, curate_folder
 from ..curation.sheets import SheetInfo, find_sheets
 from .regional import RegionLayoutIO

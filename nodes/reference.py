@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import torch
-
 import node_helpers
+import torch
 from comfy_api.latest import io, ui
 
 from ..core import images, layout
 from ..core.errors import InputError
+from ..engine.patch import ROUTE_FILL, ROUTE_LORA, ROUTES, model_info
+from ..engine.sampling import identity_inputs
 from . import CATEGORY
-from .patch import ROUTE_FILL, ROUTE_LORA, ROUTES, model_info, patch_model
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,8 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
     if route == ROUTE_LORA:
         if info.is_fill:
             notes.append("route: lora on a Fill model; its inpaint channels get ComfyUI's defaults.")
-        z_ref = _encode(vae, ref_px, info.latent_channels)
-        lay = layout.Layout(z_ref.shape[-2], z_ref.shape[-1])
-        samples = layout.concat(torch.zeros((batch,) + tuple(z_ref.shape[1:]), dtype=z_ref.dtype), z_ref)
-        model = patch_model(model, z_ref)
+        inputs = identity_inputs(model, _encode(vae, ref_px, info.latent_channels), batch)
+        lay, samples, model = inputs.layout, inputs.latent, inputs.model
     else:
         z = _encode(vae, preview, info.latent_channels)
         lay = layout.Layout.of(z)

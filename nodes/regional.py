@@ -1,19 +1,18 @@
 """Regional prompting nodes: layouts (grid, JSON, masks, colour-coded mask) and the regional
 conditioning + model patch for FLUX-family models. Thin classes over ``core.regions`` and
-``_regional_patch``."""
+``engine/regional.py``."""
 
 from __future__ import annotations
 
 import logging
 
+import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management
-
 from ..core import regions as R
 from ..core.errors import InputError
-from . import _regional_patch as P
+from ..engine import regional as P
 
 log = logging.getLogger(__name__)
 

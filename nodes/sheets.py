@@ -7,16 +7,16 @@ import json
 import logging
 import os
 
+import folder_paths
 import torch
+from comfy.cli_args import args as comfy_args
 from comfy_api.latest import io, ui
 
-import folder_paths
-from comfy.cli_args import args as comfy_args
-
 from ..core import regions as R
+from ..core.files import atomic_write_bytes
+from ..core.imagefile import png_bytes
 from ..curation import outpaint as O
 from ..curation import sheets as S
-from ..curation.pairs import to_uint8
 from .regional import CATEGORY, RegionLayoutIO
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,6 @@ def save_sheets(images: torch.Tensor, layout: R.RegionLayout, filename_prefix: s
                 seed: int | None = None, metadata=None, output_dir: str | None = None) -> list[tuple[str, str]]:
     """Save each picture as PNG (ComfyUI's counter naming) with a ``.sheet.json`` next to it.
     Returns (subfolder, file name) per picture."""
-    from PIL import Image
 
     output_dir = output_dir or folder_paths.get_output_directory()
     h, w = images.shape[1], images.shape[2]
@@ -100,9 +99,7 @@ def save_sheets(images: torch.Tensor, layout: R.RegionLayout, filename_prefix: s
         path = os.path.join(full, name)
         info.image = name
         pnginfo = metadata(json.dumps(info.to_dict(), ensure_ascii=False)) if metadata else None
-        tmp = os.path.join(full, f".{name}.tmp")
-        Image.fromarray(to_uint8(images[b])).save(tmp, format="PNG", pnginfo=pnginfo, compress_level=4)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, png_bytes(images[b], pnginfo=pnginfo))
         S.write_sidecar(path, info)
         out.append((subfolder, name))
         counter += 1

@@ -14,6 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.errors import InputError
+from ..core.imagefile import load_comfy
 from . import CATEGORY
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,9 @@ def run_training(config: str, resume: bool, max_train_steps: int):
 
 
 def loss_curve_image(path: Path | None) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
     if path is None or not Path(path).is_file():
         return torch.zeros(1, 64, 64, 3)
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy()).unsqueeze(0)
+    return load_comfy(path, name="loss_curve")
 
 
 class InstructIdentityTrainLoRA(io.ComfyNode):

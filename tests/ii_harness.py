@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from instruct_identity.engine import runtime, synthetic
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "test-models"
 log = logging.getLogger("ii_harness")
@@ -37,101 +39,32 @@ def comfy_root() -> Path:
     return REPO / ".comfyui" / "ComfyUI"
 
 
-_COMFY_READY = False
-
-
 def setup_comfy() -> Path:
     """Make ComfyUI importable in this process, on the CPU, without parsing pytest's argv."""
-    global _COMFY_READY
     root = comfy_root()
-    if _COMFY_READY:
-        return root
     if not (root / "main.py").exists():
         raise RuntimeError(f"No ComfyUI at {root}: run scripts/bootstrap.sh setup (or set COMFYUI_PATH).")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401  (reads args.cpu once)
-
-    _COMFY_READY = True
-    return root
+    return runtime.setup_comfyui(root, cpu=True)
 
 
-def init_random_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
-    """ComfyUI's ops skip weight init (memory is left uninitialised): give every tensor a value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim == 1 and ("norm" in name or name.endswith("scale")):
-                p.copy_(1.0 + 0.01 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 1:
-                p.copy_(0.01 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=g))
-        for _, b in module.named_buffers():
-            if b.is_floating_point() and not torch.isfinite(b).all():
-                b.zero_()
-    return module
-
-
-TINY_FAMILIES = ("flux", "flux_fill", "flux2", "flux_schnell", "chroma")
-
-
-def tiny_flux_config(family: str = "flux", hidden: int = 128, heads: int = 2, context: int = 32, vec: int = 32) -> dict:
-    """unet_config of a small FLUX-family DiT (one double + one single block)."""
-    base = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=context,
-                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=1, depth_single_blocks=1,
-                axes_dim=[16, 24, 24], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
-    if family == "flux":
-        return base
-    if family == "flux_schnell":
-        return {**base, "guidance_embed": False}
-    if family == "flux_fill":
-        return {**base, "in_channels": 96}
-    if family == "flux2":
-        return {**base, "image_model": "flux2", "in_channels": 128, "out_channels": 128, "patch_size": 1,
-                "axes_dim": [16, 16, 16, 16], "theta": 2000, "mlp_ratio": 3.0, "global_modulation": True,
-                "vec_in_dim": None, "mlp_silu_act": True, "qkv_bias": False, "ops_bias": False,
-                "default_ref_method": "index", "ref_index_scale": 10.0, "guidance_embed": True}
-    if family == "chroma":  # Chroma: no pooled vector, a distilled guidance/modulation network
-        return dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=context, hidden_size=hidden,
-                    mlp_ratio=4.0, num_heads=heads, depth=1, depth_single_blocks=1, axes_dim=[16, 24, 24],
-                    theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=hidden, hidden_dim=2 * hidden,
-                    n_layers=2)
-    raise ValueError(f"unknown tiny family {family!r}; choose from {TINY_FAMILIES}")
+# The model builders live in the pack (engine/synthetic.py); these wrappers only make sure ComfyUI is
+# importable first.
+init_random_ = synthetic.init_random_
+tiny_flux_config = synthetic.tiny_flux_config
+flux_conditioning = synthetic.flux_conditioning
+TINY_FAMILIES = synthetic.TINY_FAMILIES
 
 
 def tiny_flux(family: str = "flux", seed: int = 0, **kw):
     """A ModelPatcher around a small random FLUX-family model, built in-process on the CPU."""
     setup_comfy()
-    import comfy.model_patcher
-    import comfy.supported_models as sm
-
-    unet_config = tiny_flux_config(family, **kw)
-    cls = {"flux": sm.Flux, "flux_fill": sm.FluxInpaint, "flux2": sm.Flux2, "flux_schnell": sm.FluxSchnell,
-           "chroma": sm.Chroma}[family]
-    model_config = cls(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    init_random_(model.diffusion_model, seed=seed)
-    model.diffusion_model.float().eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return synthetic.tiny_flux(family, seed=seed, **kw)
 
 
-def flux_conditioning(context_dim: int = 32, pooled_dim: int | None = 32, tokens: int = 8, seed: int = 1, guidance=3.5):
-    """A ComfyUI CONDITIONING list with random text embeddings of the tiny model's widths."""
-    g = torch.Generator().manual_seed(seed)
-    extra = {"pooled_output": None}  # FLUX.2's encoder has no pooled vector
-    if guidance is not None:
-        extra["guidance"] = guidance
-    if pooled_dim:
-        extra["pooled_output"] = torch.randn(1, pooled_dim, generator=g)
-    return [[torch.randn(1, tokens, context_dim, generator=g), extra]]
+def tiny_sd15():
+    """A small random SD1.5-style UNet (a model that is *not* a FLUX-family DiT)."""
+    setup_comfy()
+    return synthetic.tiny_sd15()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,20 +266,6 @@ def start_server(base: Path, models: Path | None = None) -> ComfyServer:
             if not dest.exists():
                 dest.symlink_to(f)
     return ComfyServer(base, free_port()).start()
-
-
-def tiny_sd15():
-    """A small random SD1.5-style UNet (a model that is *not* a FLUX-family DiT)."""
-    setup_comfy()
-    import comfy.model_patcher
-    import comfy.supported_models as sm
-
-    cfg = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-               adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[1], transformer_depth=[0],
-               transformer_depth_output=[0, 0], channel_mult=[1], transformer_depth_middle=0,
-               use_linear_in_transformer=False, context_dim=32, num_heads=-1, num_head_channels=8, num_classes=None)
-    model = sm.SD15(cfg).get_model({})
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def build_flux_lora_file(path: Path, rank: int = 4, seed: int = 0) -> Path:

@@ -2,6 +2,6 @@
 paper's masked flow-matching loss, on ComfyUI's own FLUX modules (peft LoRA, accelerate).
 
 Entry points: ``ii-train`` (:mod:`.cli`) and :func:`.trainer.train`. Modules that import ComfyUI
-(``model``, ``trainer``, ``sampling``) need it importable first (``model.setup_comfyui``); the others
+(``model``, ``trainer``, ``sampling``) need it importable first (``engine.runtime.setup_comfyui``); the others
 (``config``, ``dataset``, ``objective``, ``lora``, ``schedule``, ``cache``) do not.
 """

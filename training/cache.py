@@ -13,33 +13,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..core.files import atomic_save_safetensors, atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "ii-cache-1"  # bump when the preprocessing changes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+CACHE_VERSION = "ii-cache-2"  # bump when the preprocessing changes
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import lora
-from .cache import atomic_save_safetensors, atomic_write_bytes
+from ..core.files import atomic_replace_dir, atomic_save_safetensors, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,7 @@ def save_state(accelerator, out_dir: Path, name: str, step: int, trainer_state: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_bytes(tmp / TRAINER_FILE, json.dumps(trainer_state, indent=1).encode())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        atomic_replace_dir(tmp, final)
         prune_states(out_dir, name, step, keep_last_n_steps)
         log.info("saved training state %s", final)
     accelerator.wait_for_everyone()

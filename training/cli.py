@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
         from accelerate import PartialState
 
-        from .model import setup_comfyui, use_cpu
+        from ..engine.runtime import setup_comfyui, use_cpu
 
         PartialState(cpu=use_cpu())  # pick this process's device before ComfyUI looks at it
 

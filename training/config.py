@@ -19,8 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
 
+from ..core import toml
 from ..core.errors import InputError, closest
 
 log = logging.getLogger(__name__)
@@ -242,8 +242,8 @@ def _choice(name: str, value, choices) -> None:
 
 def _parse_value(text: str):
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return toml.loads(f"v = {text}")["v"]
+    except toml.TOMLDecodeError:
         return text
 
 
@@ -317,8 +317,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Train
     if not path.is_file():
         raise InputError("--config", f"{path} does not exist.", "Give the path of a trainer TOML (see training/examples/).")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
+        raw = toml.loads(path.read_text(encoding="utf-8"))
+    except toml.TOMLDecodeError as e:
         raise InputError("--config", f"{path} is not valid TOML ({e}).") from e
     raw = flatten(raw)
     for k, v in (overrides or {}).items():

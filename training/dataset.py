@@ -32,9 +32,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 
+from ..core import toml
 from ..core.errors import InputError, closest
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ def read_dataset(path: str | Path, defaults: dict, mode: str) -> tuple[list[Data
         pairs, problems = read_manifest(path, mode, dataset=0, repeats=1, allow_mismatch=bool(defaults["allow_size_mismatch"]))
         return [spec], pairs, problems
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
+        raw = toml.loads(path.read_text(encoding="utf-8"))
+    except toml.TOMLDecodeError as e:
         raise InputError("dataset_config", f"{path} is not valid TOML ({e}).") from e
     _check_keys(raw, (), "dataset")
     general = raw.get("general", {})
@@ -294,12 +294,10 @@ def read_image_dir(image_dir: Path, ref_dir: Path | None, caption_ext: str, mode
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) after decoding the whole file (a truncated or corrupt image raises)."""
-    from PIL import Image, ImageOps
+    """(width, height) after decoding the whole file (a truncated, corrupt or oversized image raises)."""
+    from ..core.imagefile import open_image
 
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
+    with open_image(path) as im:
         return im.size
 
 
@@ -312,6 +310,8 @@ def check(pairs: list[Pair], problems: list[Problem] | None = None) -> Report:
         if p not in sizes:
             try:
                 sizes[p] = image_size(p)
+            except InputError as e:
+                sizes[p] = f"unreadable image: {e.problem}"
             except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
                 sizes[p] = f"unreadable image {p} ({type(e).__name__}: {str(e)[:80]})"
         return sizes[p]
@@ -385,24 +385,17 @@ def choose_bucket(size: tuple[int, int], spec: DatasetSpec, buckets: list[tuple[
 
 def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
     """An image resized to cover ``bucket`` (w, h) and centre-cropped: ``[1, h, w, 3]`` floats in 0..1.
-    Transparency is composited on white."""
-    import numpy as np
-    from PIL import Image, ImageOps
+    Transparency is composited on white; 16-bit pictures keep their values."""
+    from ..core.imagefile import load_comfy
 
     bw, bh = bucket
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        im = im.convert("RGB")
-        w, h = im.size
-        s = max(bw / w, bh / h)
-        nw, nh = max(bw, round(w * s)), max(bh, round(h * s))
-        if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.Resampling.LANCZOS)
-        left, top = (nw - bw) // 2, (nh - bh) // 2
-        im = im.crop((left, top, left + bw, top + bh))
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy()).unsqueeze(0)
+    img = load_comfy(path, name="image")  # [1, H, W, 3]
+    h, w = img.shape[1:3]
+    s = max(bw / w, bh / h)
+    nw, nh = max(bw, round(w * s)), max(bh, round(h * s))
+    if (nw, nh) != (w, h):
+        x = torch.nn.functional.interpolate(img.movedim(-1, 1), size=(nh, nw), mode="bicubic", antialias=True,
+                                            align_corners=False)
+        img = x.clamp(0, 1).movedim(1, -1)
+    left, top = (nw - bw) // 2, (nh - bh) // 2
+    return img[:, top:top + bh, left:left + bw, :].contiguous()

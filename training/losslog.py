@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-from .cache import atomic_write_bytes
+from ..core.files import atomic_write_bytes
 
 COLUMNS = ("step", "loss", "lr", "seconds_per_step", "epoch")
 

@@ -2,7 +2,7 @@
 
 The model trained is ComfyUI's module tree (``ModelPatcher.model.diffusion_model``) as loaded by
 ``comfy.sd.load_diffusion_model``; the VAE and text encoders come from ``comfy.sd.VAE`` and
-``comfy.sd.load_clip``. ComfyUI must be importable first: :func:`setup_comfyui` does that for the CLI.
+``comfy.sd.load_clip``. ComfyUI must be importable first: ``engine.runtime.setup_comfyui`` does that.
 
 ComfyUI's FLUX blocks add their residuals in place (``img += ...``), which autograd refuses. Two ways
 round it, both here: per-block non-reentrant gradient checkpointing through ComfyUI's own block
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,54 +25,6 @@ from torch.utils.checkpoint import checkpoint
 from ..core.errors import InputError
 
 log = logging.getLogger(__name__)
-
-_COMFY_READY = False
-
-
-def use_cpu() -> bool:
-    """Train on the CPU: no GPU here, or ``accelerate launch --cpu`` (ACCELERATE_USE_CPU)."""
-    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-
-
-def find_comfyui(explicit: str | None = None) -> Path:
-    """ComfyUI's root: the config's ``comfyui_path``, ``$COMFYUI_PATH``/``$II_COMFYUI_PATH``, the
-    ComfyUI this pack is installed in (``ComfyUI/custom_nodes/<pack>``), or the pack's bundled copy."""
-    pack = Path(__file__).resolve().parents[1]
-    candidates = [explicit, os.environ.get("II_COMFYUI_PATH"), os.environ.get("COMFYUI_PATH"),
-                  str(pack.parents[1]) if pack.parent.name == "custom_nodes" else None,
-                  str(pack / ".comfyui" / "ComfyUI")]
-    for c in candidates:
-        if c and (Path(c) / "comfy" / "sd.py").is_file():
-            return Path(c).resolve()
-    raise InputError("comfyui_path", "ComfyUI was not found.",
-                     "Set comfyui_path in the config or COMFYUI_PATH to your ComfyUI folder.")
-
-
-def setup_comfyui(path: str | None = None, *, cpu: bool | None = None) -> Path:
-    """Make ComfyUI importable in this process without it parsing our command line."""
-    global _COMFY_READY
-    if "comfy.model_management" in sys.modules:
-        _COMFY_READY = True
-    if _COMFY_READY:
-        import folder_paths  # noqa: F401
-
-        return Path(sys.modules["folder_paths"].__file__).parent
-    root = find_comfyui(path)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    if cpu is None:
-        cpu = use_cpu()
-    comfy.cli_args.args.cpu = bool(cpu)
-    import comfy.model_management
-
-    _COMFY_READY = True
-    return root
-
 
 def resolve_model_file(value: str | None, folder: str, key: str, required: bool = True) -> str | None:
     """A model path: an existing file, or a name in ComfyUI's model folder (``folder_paths``)."""
@@ -103,6 +53,11 @@ class VaeCodec:
     def __init__(self, vae, identity: str):
         self.vae = vae
         self.identity = identity
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent pixel (8 for FLUX.1's VAE, 16 for FLUX.2's)."""
+        return int(self.vae.spacial_compression_encode())
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(pixels[..., :3])

@@ -1,6 +1,6 @@
 """Preview images during training, made exactly as the nodes make them: ComfyUI's own sampler
-(``comfy.sample.sample``) on the training model patched by ``nodes.patch.patch_model`` (clean
-reference in the right half of every model input).
+(``comfy.sample.sample``) on the training model, through the pack's one identity recipe
+(``engine.sampling``: clean reference in the right half of every model input).
 
 ``sample_prompts`` is a ``.txt`` file of kohya-style lines::
 
@@ -14,7 +14,6 @@ reference in the right half of every model input).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shlex
@@ -23,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..core import layout
 from ..core.errors import InputError
-from .cache import atomic_write_bytes
+from ..core.files import atomic_write_bytes
+from ..core.imagefile import png_bytes
 from .dataset import SPATIAL_MULTIPLE, load_image
 
 log = logging.getLogger(__name__)
@@ -123,50 +122,22 @@ def prepare(prompts: list[SamplePrompt], text_encoder, vae, mode: str) -> list[P
     return out
 
 
-def _conditioning(cond, pooled, guidance):
-    extra = {"guidance": guidance}
-    if pooled is not None:
-        extra["pooled_output"] = pooled.unsqueeze(0)
-    return [[cond.unsqueeze(0), extra]]
-
-
 def render(patcher, sample: PreparedSample, vae, *, sampler: str, scheduler: str, mode: str) -> torch.Tensor:
     """One preview: the decoded H x 2W diptych (identity mode) or the image (grid mode), ``[1, H, W, 3]``."""
-    import comfy.sample
-
-    from ..nodes.patch import patch_model
+    from ..engine.sampling import conditioning, sample_identity, sample_text_to_image
 
     s = sample.spec
-    down = 8
-    h, w = s.height // down, s.width // down
-    positive = _conditioning(sample.cond, sample.pooled, s.guidance)
-    negative = _conditioning(sample.neg_cond, sample.neg_pooled, s.guidance)
+    positive = conditioning(sample.cond, sample.pooled, s.guidance)
+    negative = conditioning(sample.neg_cond, sample.neg_pooled, s.guidance)
+    opts = dict(seed=s.seed, steps=s.steps, cfg=s.cfg, sampler=sampler, scheduler=scheduler)
     if mode == "identity":
-        ref = sample.reference
-        channels = ref.shape[1]
-        lay = layout.Layout(ref.shape[-2], ref.shape[-1])
-        latent = layout.concat(torch.zeros(1, channels, lay.height, lay.width), ref)
-        mask = layout.target_mask(lay)
-        model = patch_model(patcher, ref)
+        out = sample_identity(patcher, sample.reference, positive, negative, **opts)
     else:
+        down = int(getattr(vae, "downscale", 8))
         channels = int(patcher.model.latent_format.latent_channels)
-        latent = torch.zeros(1, channels, h, w)
-        mask = None
-        model = patcher
-    noise = comfy.sample.prepare_noise(latent, s.seed)
-    out = comfy.sample.sample(model, noise, s.steps, s.cfg, sampler, scheduler, positive, negative, latent,
-                              denoise=1.0, noise_mask=mask, disable_pbar=True, seed=s.seed)
+        out = sample_text_to_image(patcher, (1, channels, s.height // down, s.width // down), positive, negative,
+                                   **opts)
     return vae.decode(out)
-
-
-def png_bytes(image: torch.Tensor) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    arr = (image[0].float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def sample_all(patcher, samples: list[PreparedSample], vae, *, out_dir: Path, name: str, step: int, sampler: str,

@@ -13,7 +13,7 @@ H, W = 4, 6  # latent rows, columns per half
 
 
 def _setup(family="flux", batch=2, refs=1, seed=0):
-    from instruct_identity.nodes.patch import model_info, patch_model
+    from instruct_identity.engine.patch import model_info, patch_model
 
     base = ii_harness.tiny_flux(family, seed=seed)
     info = model_info(base)
@@ -129,7 +129,7 @@ def test_the_reference_conditions_the_target():
     outs = []
     for seed in (0, 1, 0):
         base, model, z_ref, lay, latent, pos, neg = _setup(batch=1, seed=0)
-        from instruct_identity.nodes.patch import patch_model
+        from instruct_identity.engine.patch import patch_model
 
         z = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(100 + seed))
         model = patch_model(base, z)
@@ -142,7 +142,7 @@ def test_the_reference_conditions_the_target():
 @pytest.mark.parametrize("family,channels,patch", [("flux2", 128, 1), ("chroma", 16, 2), ("flux_schnell", 16, 2)])
 def test_other_families(family, channels, patch):
     base, model, z_ref, lay, latent, pos, neg = _setup(family=family, batch=2)
-    from instruct_identity.nodes.patch import model_info
+    from instruct_identity.engine.patch import model_info
 
     info = model_info(base)
     assert (info.family, info.latent_channels, info.patch_size, info.is_fill) == (family.split("_")[0], channels, patch, False)
@@ -156,7 +156,7 @@ def test_other_families(family, channels, patch):
 
 def test_reapplying_replaces_our_wrapper_and_keeps_foreign_ones():
     from comfy.patcher_extension import WrappersMP
-    from instruct_identity.nodes.patch import PATCH_KEY, patch_model, reference_patch_of
+    from instruct_identity.engine.patch import PATCH_KEY, patch_model, reference_patch_of
 
     base, model, z_ref, *_ = _setup()
     _install_foreign(model)

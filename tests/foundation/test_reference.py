@@ -32,7 +32,7 @@ def _prep(model, vae, image, **kw):
 
 
 def test_lora_route_latent_mask_and_patch(flux, flux_vae):
-    from instruct_identity.nodes.patch import reference_patch_of
+    from instruct_identity.engine.patch import reference_patch_of
 
     img = _image(h=32, w=48)
     p = _prep(flux, flux_vae, img, width=0, height=0, batch_size=2)

@@ -32,7 +32,7 @@ def _base(family="flux"):
 
 
 def _regional(model, family="flux", shift=0.0, mode="blocked", patch=True, **opts):
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     options = P.RegionalOptions(**{"base_ratio": 0.0, "end": 1.0, **opts})
     cond, texts = P.regional_conditioning(_base(family), list(_embeds(shift)), LAYOUT, mode, pad_text_to=P.text_padding(model))
@@ -112,7 +112,7 @@ def _record(model, cond, kind="double", index=0):
 def test_masked_block_keeps_region_b_image_tokens(mode):
     """In a masked block, region B's image tokens do not change when region A's prompt does (any
     image<->image mode); without masks they do."""
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     base = _model()
     n_txt = 4 + 3 + 5
@@ -163,7 +163,7 @@ def _hand_mask(n_base, n_a, n_b, labels, mode):
 @pytest.mark.parametrize("mode", ["blocked", "global"])
 def test_patched_block_equals_hand_masked_block(mode):
     """The patched double block computes exactly the block with the hand-written mask."""
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     base = _model()
     rec, m, _ = _record(base, None)
@@ -197,7 +197,7 @@ def test_override_equals_hand_computed_blended_attention():
     """Attention inside a masked block: masked softmax for all rows, and for image rows
     ``(1 - r) * masked + r * softmax over [base text | image]``."""
     from comfy.ldm.modules.attention import attention_pytorch
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     text = R.TextLayout(2, (3, 1))
     labels = torch.tensor([0, 0, 1, -1])
@@ -235,7 +235,7 @@ def test_window_outside_is_exactly_the_base_prompt():
 
 
 def test_base_ratio_blends_and_fallback_runs():
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     base = _model()
     m0, c = _regional(base)
@@ -251,7 +251,7 @@ def test_base_ratio_blends_and_fallback_runs():
 
 
 def test_block_selection_and_foreign_patches_are_kept():
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
 
     assert P.parse_blocks("all", 19, "d") == frozenset(range(19))
     assert P.parse_blocks("none", 19, "d") == frozenset()
@@ -277,7 +277,7 @@ def test_block_selection_and_foreign_patches_are_kept():
 
 
 def test_node_function_encodes_regions_with_clip():
-    from instruct_identity.nodes import _regional_patch as P
+    from instruct_identity.engine import regional as P
     from instruct_identity.nodes.regional import apply_regional
 
     class FakeClip:

@@ -48,7 +48,7 @@ def tiny_cfg(tmp_path, pairs, comfy):
 def components(comfy):
     """``components(seed=0, **tiny_flux kwargs)`` -> tiny FLUX + synthetic VAE/text encoder."""
     from instruct_identity.training.model import Components
-    from instruct_identity.training.synthetic import SyntheticTextEncoder, SyntheticVae
+    from instruct_identity.engine.synthetic import SyntheticTextEncoder, SyntheticVae
 
     def make(seed: int = 0, **kw):
         return Components(ii_harness.tiny_flux(seed=seed, **kw), SyntheticVae(), SyntheticTextEncoder(), None, "tiny")

@@ -11,7 +11,7 @@ from instruct_identity.core.errors import InputError
 from instruct_identity.training import dataset as D
 from instruct_identity.training.cache import FileHashes, TensorCache
 from instruct_identity.training.data import Encoders, build_items
-from instruct_identity.training.synthetic import SyntheticTextEncoder, SyntheticVae
+from instruct_identity.engine.synthetic import SyntheticTextEncoder, SyntheticVae
 
 DEFAULTS = {"resolution": 64, "enable_bucket": False, "min_bucket_reso": 256, "max_bucket_reso": 1024,
             "bucket_reso_steps": 64, "bucket_no_upscale": False, "batch_size": 1, "caption_extension": ".txt",

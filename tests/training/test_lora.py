@@ -37,7 +37,7 @@ def test_preset_counts_at_real_flux_dev_size():
     """19 double + 38 single blocks (built on the meta device: no memory, no weights)."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
-    from instruct_identity.training.synthetic import FLUX_DEV
+    from instruct_identity.engine.synthetic import FLUX_DEV
 
     cfg = {k: v for k, v in FLUX_DEV.items() if k != "image_model"}
     dm = Flux(operations=comfy.ops.disable_weight_init, device="meta", dtype=torch.bfloat16, **cfg)

@@ -104,7 +104,7 @@ def test_saved_lora_loads_in_comfyui_and_equals_the_trainers_merge(preset, tiny_
 def test_saved_lora_changes_sampling_through_the_patch(tiny_cfg, components):
     import comfy.sample
     from instruct_identity.core import layout
-    from instruct_identity.nodes.patch import patch_model
+    from instruct_identity.engine.patch import patch_model
 
     cfg = tiny_cfg(max_train_steps=3, learning_rate=3e-2, save_state=False)
     result = train(cfg, components())
@@ -128,16 +128,16 @@ def test_saved_lora_changes_sampling_through_the_patch(tiny_cfg, components):
 
 
 def test_previews_are_made_with_the_inference_patch(tiny_cfg, components, pairs, monkeypatch):
-    from instruct_identity.nodes import patch
+    from instruct_identity.engine import sampling  # the one identity recipe, which applies the patch
 
     calls = []
-    real = patch.patch_model
+    real = sampling.patch_model
 
     def spy(model, reference):
         calls.append(reference.shape)
         return real(model, reference)
 
-    monkeypatch.setattr(patch, "patch_model", spy)
+    monkeypatch.setattr(sampling, "patch_model", spy)
     prompts = pairs.parent / "prompts.txt"
     prompts.write_text("a character waving --ref ref0.png --w 64 --h 64 --s 2 --d 5 --g 3.5\n")
     cfg = tiny_cfg(max_train_steps=2, sample_every_n_steps=2, sample_at_first=True, sample_prompts=str(prompts),

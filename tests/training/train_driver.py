@@ -14,7 +14,7 @@ ii_harness.setup_comfy()
 
 from instruct_identity.training.config import from_dict
 from instruct_identity.training.model import Components
-from instruct_identity.training.synthetic import SyntheticTextEncoder, SyntheticVae
+from instruct_identity.engine.synthetic import SyntheticTextEncoder, SyntheticVae
 from instruct_identity.training.trainer import train
 
 

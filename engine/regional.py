@@ -28,10 +28,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
-import torch
-
 import comfy.model_base
 import comfy.patcher_extension
+import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..core import regions as R

@@ -1,8 +1,8 @@
 """ComfyUI integration of the latent layout: which model we were given, and the sampler patch that
 keeps the reference half of the model input clean at every model call.
 
-Plain functions and a small state holder; the node classes in ``reference.py`` only call these.
-The trainer imports :func:`patch_model` too, so its sample images use exactly this path.
+Plain functions and a small state holder; the Reference node and every other sampler of the pack reach
+them through the one recipe in ``engine/sampling.py``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 import comfy.model_base
 import comfy.patcher_extension
+import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..core import layout
