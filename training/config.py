@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("identity", "grid")
 PRESETS = ("A", "B", "C")
-LOSSES = ("masked", "full")
+LOSSES = ("masked", "full", "full_noised", "full_consistent")  # see training/objective.py
 TIMESTEP_SAMPLINGS = ("uniform", "sigmoid", "shift", "flux_shift")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
@@ -73,7 +73,7 @@ UNSUPPORTED_KOHYA_KEYS = {
     "full_bf16": "LoRA weights are kept in fp32 (mixed_precision = bf16 casts the computation)",
     "full_fp16": "LoRA weights are kept in fp32 (mixed_precision = fp16 casts the computation)",
     "t5xxl_max_token_length": "ComfyUI's T5 tokenizer decides the length (at least 256 tokens)",
-    "masked_loss": "use loss = masked (the target half) or full",
+    "masked_loss": "use loss = masked (the target half) or full / full_noised / full_consistent",
 }
 
 
@@ -82,7 +82,8 @@ class TrainConfig:
     # --- what to train ---------------------------------------------------------------------------
     mode: str = "identity"            # identity: [noisy target | clean reference] LoRA; grid: plain T2I (Stage II)
     preset: str | None = None         # A attention, B +FFN, C +modulation; None -> B (identity), A (grid)
-    loss: str | None = None           # masked (Eq. 2) or full (Table 2's ablation); None -> masked / full (grid)
+    loss: str | None = None           # masked (Eq. 2); full / full_noised / full_consistent: three readings of
+                                      # Table 2's "full loss" ablation (objective.py); None -> masked / full (grid)
     network_dim: int | None = None    # LoRA rank; None -> 128 (identity), 16 (grid: the paper's Stage II r=16)
     network_alpha: float | None = None  # None -> = network_dim (scale 1; kohya's default 1 would scale rank 512 by 1/512)
     network_dropout: float = 0.0      # kohya's meaning: dropout on the LoRA down-projection's output
@@ -164,8 +165,8 @@ class TrainConfig:
         if self.loss is None:
             self.loss = "full" if grid else "masked"
         _choice("loss", self.loss, LOSSES)
-        if grid and self.loss == "masked":
-            raise InputError("loss", "grid mode trains whole images, there is no reference half to mask.",
+        if grid and self.loss != "full":
+            raise InputError("loss", "grid mode trains whole images, there is no reference half to mask or noise.",
                              "Use loss = \"full\" with mode = \"grid\".")
         if self.network_dim is None:
             self.network_dim = 16 if grid else 128

@@ -8,10 +8,27 @@ drawn over the whole H x 2W grid::
     v*    = n - concat(x0, r)                           flow-matching velocity (kohya: noise - latents)
     loss  = masked_mse(v_theta(input, s, text), v*, mu) mu = 1 on the target half, normalised by its area
 
-``loss = "full"`` drops the mask (Table 2's ablation): the reference half's target then contains noise
-the model never sees, so its optimum there is ``-r``, i.e. reconstructing the reference, which is the
-copy-paste pressure the paper's ablation describes. Grid mode is plain text-to-image flow matching.
-The layout (which half is which, the mask, the loss normalisation) comes from ``core.layout`` only.
+``loss`` picks the objective (``LOSSES``); the last three are readings of Table 2's "full loss" baseline,
+the loss computed over both halves:
+
+* ``"masked"`` (default, Eq. 2): the above.
+* ``"full"``: the same input, mask dropped. The reference half's target ``n - r`` holds noise the model
+  never sees (its input there is the clean ``r``), so that half's loss cannot fall below the noise's
+  variance and its gradient is mostly noise; its optimum is ``-r``. This is Eq. 2 with mu = 1, the
+  literal ablation.
+* ``"full_noised"``: the reference half is noised like the target, ``input = (1 - s) x0 + s n`` over
+  the whole grid, target ``n - x0`` everywhere (plain flow matching on the pair, the In-Context-LoRA
+  way). Sampling still feeds the clean reference (the pack's patch), so train and test differ there.
+* ``"full_consistent"``: the clean-reference input of ``"masked"``, and on the reference half the
+  velocity that leaves the clean reference where it is under the sampler's update. Derivation: the
+  sampler treats the model output as a velocity ``v`` with denoised estimate ``x - s v`` (ComfyUI's
+  CONST / rectified-flow parameterisation) and steps ``x <- x + (s' - s) v``. With ``x = r`` on the
+  reference half at every call, the update leaves it unchanged for every step size iff ``v = 0``,
+  which is also exactly the velocity whose denoised estimate is ``r`` itself. So the target there is
+  ``0``: a learnable, consistent signal, loss over the whole grid, normalised by its area.
+
+Grid mode is plain text-to-image flow matching (``loss`` must be ``"full"``). The layout (which half is
+which, the mask, the loss normalisation) comes from ``core.layout`` only.
 """
 
 from __future__ import annotations
@@ -22,6 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from ..core import layout
+
+LOSSES = ("masked", "full", "full_noised", "full_consistent")
 
 
 def flux_mu(tokens: int, x1: float = 256, y1: float = 0.5, x2: float = 4096, y2: float = 1.15) -> float:
@@ -83,12 +102,21 @@ def flow_inputs(target: torch.Tensor, reference: torch.Tensor | None, noise: tor
     if mode == "identity":
         if reference is None:
             raise ValueError("identity mode needs a reference latent")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
         x0 = layout.concat(target, reference)
         lay = layout.Layout.of(x0)
+        if loss == "full_noised":
+            return FlowInputs((1 - s) * x0 + s * noise, noise - x0, None)
         noisy_target = (1 - s) * target + s * noise[..., lay.target]
         model_input = layout.concat(noisy_target, reference)
+        if loss == "full_consistent":
+            velocity = layout.concat(noise[..., lay.target] - target, torch.zeros_like(reference))
+            return FlowInputs(model_input, velocity, None)
         mask = layout.target_mask(lay, device=target.device) if loss == "masked" else None
         return FlowInputs(model_input, noise - x0, mask)
+    if loss not in ("full", None):
+        raise ValueError(f"grid mode trains whole images: loss must be \"full\", not {loss!r}")
     model_input = (1 - s) * target + s * noise
     return FlowInputs(model_input, noise - target, None)
 

@@ -115,3 +115,82 @@ def test_model_input_reference_half_is_the_clean_latent(tiny_cfg, components):
     assert not torch.allclose(x[..., :4], comp.model.model.process_latent_in(tgt))
     assert torch.all((sigmas >= 0) & (sigmas <= 1))
     assert all(p.grad is not None for _, p in lora.trainable_parameters(dm))
+
+
+def test_full_noised_noises_both_halves_like_in_context_lora():
+    x0, ref, noise, pred, sig = _fixed()
+    inputs = objective.flow_inputs(x0, ref, noise, sig, "identity", "full_noised")
+    grid = torch.cat([x0, ref], dim=-1)
+    s = sig.view(-1, 1, 1, 1)
+    assert torch.allclose(inputs.model_input, (1 - s) * grid + s * noise)  # the same s on both halves
+    assert not torch.allclose(inputs.model_input[..., W:], ref)
+    assert inputs.mask is None
+    expect = ((pred - (noise - grid)) ** 2).mean()
+    assert objective.flow_loss(pred, inputs).item() == pytest.approx(expect.item(), rel=1e-6)
+
+
+def test_full_consistent_target_is_zero_velocity_on_the_clean_reference():
+    x0, ref, noise, pred, sig = _fixed()
+    inputs = objective.flow_inputs(x0, ref, noise, sig, "identity", "full_consistent")
+    masked = objective.flow_inputs(x0, ref, noise, sig, "identity", "masked")
+    assert torch.equal(inputs.model_input, masked.model_input)  # clean reference in, as at sampling
+    assert torch.equal(inputs.velocity_target[..., :W], noise[..., :W] - x0)
+    assert torch.equal(inputs.velocity_target[..., W:], torch.zeros_like(ref))
+    assert inputs.mask is None
+    # whole-grid mean: the target half's term (weight 1/2) plus the reference half's |pred|^2 (weight 1/2)
+    expect = 0.5 * ((pred[..., :W] - (noise[..., :W] - x0)) ** 2).mean() + 0.5 * (pred[..., W:] ** 2).mean()
+    assert objective.flow_loss(pred, inputs).item() == pytest.approx(expect.item(), rel=1e-6)
+
+
+def test_full_consistent_reference_target_is_a_fixed_point_of_comfyuis_sampler(comfy):
+    """The derivation, checked against ComfyUI's own code: a model that outputs the consistent target on the
+    reference half (and anything on the target half) leaves a clean reference untouched through ComfyUI's
+    flow-model denoised estimate and its euler / heun samplers; the full loss's optimum (-r) does not."""
+    import comfy.k_diffusion.sampling as kds
+    import comfy.model_sampling
+
+    class Flow(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    ms = Flow()
+    x0, ref, noise, _, _ = _fixed(batch=1)
+    sig_dummy = torch.tensor([0.5])
+    consistent = objective.flow_inputs(x0, ref, noise, sig_dummy, "identity", "full_consistent").velocity_target
+    full = objective.flow_inputs(x0, ref, noise, sig_dummy, "identity", "full").velocity_target
+    # the full loss's optimum on the reference half given its clean input: E[n - r] = -r
+    full_optimum = torch.cat([full[..., :W], -ref], dim=-1)
+    sigmas = torch.linspace(1.0, 0.0, 9)
+
+    def run(velocity, sampler):
+        def model(x, sigma, **kw):
+            return ms.calculate_denoised(sigma, velocity, x)  # ComfyUI's CONST: x - sigma * v
+
+        start = torch.cat([noise[..., :W], ref], dim=-1)
+        return sampler(model, start, sigmas, disable=True)
+
+    for sampler in (kds.sample_euler, kds.sample_heun):
+        assert torch.allclose(run(consistent, sampler)[..., W:], ref, atol=1e-6)
+        assert not torch.allclose(run(full_optimum, sampler)[..., W:], ref, atol=1e-2)
+
+
+def test_unknown_or_grid_losses_are_refused():
+    x0, ref, noise, _, sig = _fixed()
+    with pytest.raises(ValueError, match="unknown loss"):
+        objective.flow_inputs(x0, ref, noise, sig, "identity", "fulll")
+    for loss in ("masked", "full_noised", "full_consistent"):
+        with pytest.raises(ValueError, match="grid"):
+            objective.flow_inputs(x0, None, noise[..., :W], sig, "grid", loss)
+
+
+def test_config_offers_every_loss_and_grid_only_full(tmp_path):
+    from instruct_identity.core.errors import InputError
+    from instruct_identity.training.config import LOSSES, from_dict
+
+    assert set(LOSSES) == set(objective.LOSSES)
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("")
+    for loss in objective.LOSSES:
+        assert from_dict({"loss": loss, "dataset_config": str(manifest)}).loss == loss
+    for loss in ("masked", "full_noised", "full_consistent"):
+        with pytest.raises(InputError):
+            from_dict({"mode": "grid", "loss": loss, "dataset_config": str(manifest)})
