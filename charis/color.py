@@ -1,28 +1,34 @@
 """Region-wise colour fidelity (the paper's Algorithm 1), as pure functions.
 
-``color_score(seg_ref, seg_gen)``:
+``color_score_regions(ref_regions, gen_regions)``:
 
-1. both images come segmented into regions (see :mod:`.segment`);
-2. regions are matched: by label when the segmenter names them (GroundingDINO + SAM), otherwise by
-   where they sit inside the subject (bounding-box normalised occupancy, tried as is and mirrored,
-   so translation and flips do not matter) with colour only as a tie-breaker;
-3. for each matched pair and each colour space sigma in {RGB, HSV, LAB} the distance between the
-   region mean colours ``delta = ||mu(r1) - mu(r2)||`` is mapped to a similarity
-   ``S = exp(-delta / scale_sigma)``;
-4. the score is the area-weighted mean over the matches and the three spaces. Matching is done in
-   both directions (every reference region to its best generated region and every generated region
-   to its best reference region) and the two directions are averaged: our reading of the paper's
-   ``1 / (2 |M| |Omega|)`` normaliser.
+1. both images come segmented into regions (see :mod:`.segment`), each described by its area share
+   of the subject, its colour and where it lies inside the subject's bounding box (an occupancy map);
+2. **one correspondence rule**, fixed before any colour is compared: regions named by the segmenter
+   (GroundingDINO + SAM) correspond by name; unnamed regions by geometry -- the generated image is
+   taken as is or mirrored, whichever makes the region layouts coincide better (colour plays no part
+   in that choice), then every reference region goes to the generated region it overlaps most inside
+   the subject and every generated region to the reference region it overlaps most (colour only
+   breaks near-ties, weight ``color_weight`` = 0.1 against an affinity in [0, 1]);
+3. **lost and added parts cost their area**: a reference region with no counterpart (its name absent
+   from the generated image, or no generated region overlapping it by ``min_affinity``) scores 0 over
+   its area; so does a generated region with no counterpart when it covers at least ``min_extra``
+   (5 %) of the generated subject (smaller ones are ignored as segmentation noise);
+4. each corresponding pair is compared by mean colour in RGB, HSV and CIELAB: distance
+   ``delta = ||mu(r1) - mu(r2)||`` in each space, similarity ``S = 1 / (1 + (delta / scale)**2)``;
+5. the score is ``1/2 * (sum_i a_i S_i + sum_j b_j S_j)``: the area-weighted mean similarity seen
+   from the reference's regions (areas ``a_i``) and from the generated image's regions (``b_j``),
+   each averaged over the three spaces -- our reading of the paper's ``1 / (2 |M| |Omega|)``.
 
 Colour spaces (all from kornia): RGB in 0..1; HSV with the hue as an angle, averaged circularly
 (``atan2`` of the mean sine and cosine, over the pixels with saturation >= ``min_saturation`` only,
 since the hue of grey pixels means nothing) and compared by circular distance; CIELAB (D65), whose
 Euclidean distance is Delta E 1976.
 
-Distances become similarities through ``S = 1 / (1 + (delta / scale)**2)``: flat near zero (a
-just-noticeable difference costs almost nothing), 0.5 at ``delta = scale``, strictly decreasing with
-a long tail (large shifts stay ordered instead of all collapsing to 0). Default scales
-(``ColorScales``), i.e. the distance that halves the similarity:
+``S = 1 / (1 + (delta / scale)**2)`` is flat near zero (a just-noticeable difference costs almost
+nothing), 0.5 at ``delta = scale``, strictly decreasing with a long tail (large shifts stay ordered
+instead of all collapsing to 0). Default scales (``ColorScales``), i.e. the distance that halves the
+similarity:
 
 * RGB: 0.2 (Euclidean distance of 0..1 RGB; pure red vs pure blue is 1.41 -> S = 0.02);
 * HSV: 0.2 on ``sqrt((s_min * dh / pi)**2 + ds**2 + dv**2)``, ``dh`` the circular hue distance
@@ -190,64 +196,92 @@ def geometric_affinity(a: RegionInfo, b: RegionInfo, mirrored: bool = False) -> 
     return 0.7 * float(torch.minimum(a.occupancy, q).sum()) + 0.3 * area
 
 
-def _best(aff: torch.Tensor, dim: int) -> torch.Tensor:
-    return aff.argmax(dim=dim)
+@dataclass
+class Correspondence:
+    """Which region goes with which (indices into the two region lists), decided before any colour
+    similarity is computed."""
+
+    matches: list[Match]
+    orientation: str  # "labels", "direct", "mirrored" or "none"
+    missing: list[int] = field(default_factory=list)  # reference regions with no counterpart
+    extra: list[int] = field(default_factory=list)  # large generated regions with no counterpart
+    ignored: list[int] = field(default_factory=list)  # small generated regions with no counterpart
+
+
+MIN_AFFINITY = 0.15  # below this geometric affinity two regions are not the same part
+MIN_EXTRA = 0.05  # an unmatched generated region this large (share of its subject) is an added part
+COLOR_WEIGHT = 0.1  # colour's share in the matching affinity: it only breaks near-ties
 
 
 def match_regions(ref: list[RegionInfo], gen: list[RegionInfo], scales: ColorScales = DEFAULT_SCALES,
-                  color_weight: float = 0.25, orientation_margin: float = 0.02) -> tuple[list[Match], str]:
-    """Symmetric best-match of regions. Labelled regions match by label; unlabelled ones by geometry
-    (+ ``color_weight`` x LAB colour affinity as a tie-breaker), trying the generated image as is and
-    mirrored and keeping the geometrically better orientation."""
+                  color_weight: float = COLOR_WEIGHT, orientation_margin: float = 0.02,
+                  min_affinity: float = MIN_AFFINITY, min_extra: float = MIN_EXTRA) -> Correspondence:
+    """The one correspondence rule (see the module docstring): by label when every region has one,
+    otherwise by geometry in the better-fitting orientation."""
     if not ref or not gen:
-        return [], "none"
+        return Correspondence([], "none", list(range(len(ref))))
     if all(r.label for r in ref) and all(g.label for g in gen):
-        return _match_labelled(ref, gen), "labels"
-    col = torch.tensor([[similarity(lab_distance(r.color, g.color), scales.lab) for g in gen] for r in ref])
+        return _match_labelled(ref, gen, min_extra)
     best = None
     for mirrored in (False, True):
         geo = torch.tensor([[geometric_affinity(r, g, mirrored) for g in gen] for r in ref])
-        fwd = torch.tensor([r.area for r in ref])
-        bwd = torch.tensor([g.area for g in gen])
-        fit = float((geo.max(1).values * fwd).sum() / fwd.sum() + (geo.max(0).values * bwd).sum() / bwd.sum())
-        aff = geo + color_weight * col
-        total = float((aff.max(1).values * fwd).sum() / fwd.sum() + (aff.max(0).values * bwd).sum() / bwd.sum())
-        cand = (fit, total, mirrored, aff)
-        if best is None:
-            best = cand
-        elif fit > best[0] + orientation_margin or (abs(fit - best[0]) <= orientation_margin and total > best[1]):
-            best = cand
-    _, _, mirrored, aff = best
-    ref_w = _normalise([r.area for r in ref])
-    gen_w = _normalise([g.area for g in gen])
-    to_gen, to_ref = _best(aff, 1), _best(aff, 0)
-    matches = [Match(i, int(to_gen[i]), ref_w[i], "ref->gen") for i in range(len(ref))]
-    matches += [Match(int(to_ref[j]), j, gen_w[j], "gen->ref") for j in range(len(gen))]
-    return matches, "mirrored" if mirrored else "direct"
+        fit = _fit(geo, ref, gen)
+        if best is None or fit > best[0] + orientation_margin:
+            best = (fit, mirrored, geo)
+    _, mirrored, geo = best
+    col = torch.tensor([[similarity(lab_distance(r.color, g.color), scales.lab) for g in gen] for r in ref])
+    aff = geo + color_weight * col
+    to_gen, to_ref = aff.argmax(1), aff.argmax(0)
+    out = Correspondence([], "mirrored" if mirrored else "direct")
+    for i in range(len(ref)):
+        j = int(to_gen[i])
+        if float(geo[i, j]) < min_affinity:
+            out.missing.append(i)
+        else:
+            out.matches.append(Match(i, j, ref[i].area, "ref->gen"))
+    for j in range(len(gen)):
+        i = int(to_ref[j])
+        if float(geo[i, j]) >= min_affinity:
+            out.matches.append(Match(i, j, gen[j].area, "gen->ref"))
+        elif gen[j].area >= min_extra:
+            out.extra.append(j)
+        else:
+            out.ignored.append(j)
+    return out
 
 
-def _normalise(ws: list[float]) -> list[float]:
-    total = sum(ws)
-    return [w / total for w in ws] if total > 0 else [1.0 / len(ws)] * len(ws)
+def _fit(geo: torch.Tensor, ref: list[RegionInfo], gen: list[RegionInfo]) -> float:
+    fwd = torch.tensor([r.area for r in ref])
+    bwd = torch.tensor([g.area for g in gen])
+    return float((geo.max(1).values * fwd).sum() / fwd.sum() + (geo.max(0).values * bwd).sum() / bwd.sum())
 
 
-def _match_labelled(ref: list[RegionInfo], gen: list[RegionInfo]) -> list[Match]:
-    gen_by_label: dict[str, int] = {}
-    for j, g in enumerate(gen):
-        if g.label not in gen_by_label or g.area > gen[gen_by_label[g.label]].area:
-            gen_by_label[g.label] = j
-    ref_by_label: dict[str, int] = {}
+def _match_labelled(ref: list[RegionInfo], gen: list[RegionInfo], min_extra: float) -> Correspondence:
+    """Regions with the same name correspond (the largest when a name repeats); a reference name the
+    generated image lacks is a missing part, a generated name the reference lacks an added one."""
+    def by_label(regions):
+        out: dict[str, int] = {}
+        for k, r in enumerate(regions):
+            if r.label not in out or r.area > regions[out[r.label]].area:
+                out[r.label] = k
+        return out
+
+    ref_by, gen_by = by_label(ref), by_label(gen)
+    out = Correspondence([], "labels")
     for i, r in enumerate(ref):
-        if r.label not in ref_by_label or r.area > ref[ref_by_label[r.label]].area:
-            ref_by_label[r.label] = i
-    common = [lab for lab in ref_by_label if lab in gen_by_label]
-    ref_w = _normalise([ref[ref_by_label[lab]].area for lab in common]) if common else []
-    gen_w = _normalise([gen[gen_by_label[lab]].area for lab in common]) if common else []
-    out = []
-    for k, lab in enumerate(common):
-        i, j = ref_by_label[lab], gen_by_label[lab]
-        out.append(Match(i, j, ref_w[k], "ref->gen"))
-        out.append(Match(i, j, gen_w[k], "gen->ref"))
+        j = gen_by.get(r.label)
+        if j is None:
+            out.missing.append(i)
+        else:
+            out.matches.append(Match(ref_by[r.label], j, r.area, "ref->gen"))
+    for j, g in enumerate(gen):
+        i = ref_by.get(g.label)
+        if i is not None:
+            out.matches.append(Match(i, gen_by[g.label], g.area, "gen->ref"))
+        elif g.area >= min_extra:
+            out.extra.append(j)
+        else:
+            out.ignored.append(j)
     return out
 
 
@@ -260,28 +294,35 @@ class ColorResult:
     value: float | None
     matches: list[Match]
     orientation: str
-    missing: str | None = None
+    missing: str | None = None  # why there is no value
     per_space: dict[str, float] = field(default_factory=dict)
+    lost: list[int] = field(default_factory=list)  # reference regions with no counterpart (scored 0)
+    added: list[int] = field(default_factory=list)  # large generated regions with no counterpart (scored 0)
+    lost_area: float = 0.0  # their share of the reference subject
+    added_area: float = 0.0  # their share of the generated subject
 
 
-def color_score_regions(ref: list[RegionInfo], gen: list[RegionInfo],
-                        scales: ColorScales = DEFAULT_SCALES) -> ColorResult:
-    """Algorithm 1 on already-described regions."""
+def color_score_regions(ref: list[RegionInfo], gen: list[RegionInfo], scales: ColorScales = DEFAULT_SCALES,
+                        **matching) -> ColorResult:
+    """Algorithm 1 on already-described regions (see the module docstring for the rule)."""
     if not ref or not gen:
         side = "reference" if not ref else "generated image"
         return ColorResult(None, [], "none", f"no colour regions found in the {side}")
-    matches, orientation = match_regions(ref, gen, scales)
-    if not matches:
-        return ColorResult(None, [], orientation, "no region of the reference could be matched in the generated image")
-    per_space = {"rgb": 0.0, "hsv": 0.0, "lab": 0.0}
-    total = 0.0
-    for m in matches:
+    cor = match_regions(ref, gen, scales, **matching)
+    ref_total = sum(r.area for r in ref) or 1.0
+    gen_total = sum(gen[j].area for j in range(len(gen)) if j not in cor.ignored) or 1.0
+    spaces = ("rgb", "hsv", "lab")
+    sides = {"ref->gen": dict.fromkeys(spaces, 0.0), "gen->ref": dict.fromkeys(spaces, 0.0)}
+    for m in cor.matches:
         ps = pair_similarity(ref[m.ref].color, gen[m.gen].color, scales)
         m.similarity = {k: round(v, 5) for k, v in ps["similarity"].items()}
         m.similarity["mean"] = round(ps["mean"], 5)
-        for k in per_space:
-            per_space[k] += m.weight * ps["similarity"][k]
-        total += m.weight
-    per_space = {k: v / total for k, v in per_space.items()}
+        m.weight = m.weight / (ref_total if m.direction == "ref->gen" else gen_total)
+        for k in spaces:
+            sides[m.direction][k] += m.weight * ps["similarity"][k]
+    # lost and added parts contribute their area with similarity 0: nothing to add to the sums
+    per_space = {k: (sides["ref->gen"][k] + sides["gen->ref"][k]) / 2.0 for k in spaces}
     value = sum(per_space.values()) / 3.0
-    return ColorResult(value, matches, orientation, None, per_space)
+    return ColorResult(value, cor.matches, cor.orientation, None, per_space, cor.missing, cor.extra,
+                       sum(ref[i].area for i in cor.missing) / ref_total,
+                       sum(gen[j].area for j in cor.extra) / gen_total)

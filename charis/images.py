@@ -1,6 +1,11 @@
 """Images as CHARIS sees them: ``Picture`` = RGB float tensor ``[3, H, W]`` in 0..1, an optional
 subject mask (from an alpha channel) and a content hash (of the 8-bit pixels, so the same picture
-from a PNG file, a JPEG-free copy or a ComfyUI IMAGE tensor hashes the same)."""
+from a PNG file, a JPEG-free copy or a ComfyUI IMAGE tensor hashes the same).
+
+Files are read and pixels converted by the pack's one loader, :mod:`instruct_identity.core.imagefile`
+(16-bit PNGs at their real values, EXIF orientation, a pixel cap checked before decoding, errors that
+name the file); this module only wraps its arrays into :class:`Picture`.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..core import imagefile
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -46,7 +53,7 @@ class Picture:
             h.update(str(arr.shape).encode())
             h.update(arr.tobytes())
             if self.subject_mask is not None:
-                h.update(to_uint8(self.alpha[None]).tobytes())
+                h.update(np.ascontiguousarray(to_uint8(self.alpha[None])[..., 0]).tobytes())
             self._hash = h.hexdigest()
         return self._hash
 
@@ -59,36 +66,32 @@ class Picture:
 
 
 def to_uint8(chw: torch.Tensor) -> np.ndarray:
-    """``[C, H, W]`` floats -> ``[H, W, C]`` (or ``[H, W]`` for C=1) uint8."""
-    arr = (chw.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-    arr = np.moveaxis(arr, 0, -1)
-    return arr[..., 0] if arr.shape[-1] == 1 else np.ascontiguousarray(arr)
+    """``[C, H, W]`` floats -> ``[H, W, 3]`` uint8 (the pack's converter, channels first)."""
+    return imagefile.to_uint8(chw, channels_first=True)
+
+
+def _picture(rgb: np.ndarray, alpha: np.ndarray | None, source: str | None) -> Picture:
+    t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).contiguous()
+    a = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32)) if alpha is not None else None
+    return Picture(t, a, source)
 
 
 def from_pil(img: Image.Image, source: str | None = None, background=(1.0, 1.0, 1.0)) -> Picture:
-    """RGB(A)/grayscale PIL image -> Picture. Transparency is composited over ``background`` and kept
-    as the subject mask."""
-    alpha = None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-        a = rgba[..., 3:4]
-        rgb = rgba[..., :3] * a + np.asarray(background, dtype=np.float32) * (1 - a)
-        alpha = torch.from_numpy(np.ascontiguousarray(a[..., 0]))
-    else:
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
-    return Picture(t, alpha, source)
+    """Any PIL image -> Picture. Transparency is composited over ``background`` and kept as the
+    subject mask; 16-bit and float images keep their real values."""
+    rgb, alpha = imagefile.pil_to_rgb(img, background)
+    return _picture(rgb, alpha, source)
 
 
-def load(path: str | Path) -> Picture:
-    path = Path(path)
-    with Image.open(path) as img:
-        img.load()
-        return from_pil(img, str(path))
+def load(path: str | Path, name: str = "image") -> Picture:
+    """A picture file; :class:`~instruct_identity.core.errors.InputError` naming the file (and
+    ``name``, the input it came from) when it is missing, empty, truncated, too large or too small."""
+    rgb, alpha = imagefile.load_rgb(path, name=name)
+    return _picture(rgb, alpha, str(path))
 
 
 def from_comfy(image: torch.Tensor, index: int = 0, source: str | None = None) -> Picture:
-    """One picture of a ComfyUI IMAGE batch ``[B, H, W, C]`` (C = 3 or 4)."""
+    """One picture of a ComfyUI IMAGE batch ``[B, H, W, C]`` (C = 1, 3 or 4)."""
     x = image[index] if image.ndim == 4 else image
     x = x.detach().float().cpu()
     alpha = None

@@ -8,9 +8,10 @@ from .clip import rescale_clip
 from .color import DEFAULT_SCALES, ColorScales, color_score_regions
 from .images import Picture
 from .results import AxisResult
-from .segment import alignment, single_threaded, transfer_regions
+from .segment import alignment, carry_regions
 from .vlm.judge import Judge
 
+MIN_COLOR_SIDE = 8  # pictures smaller than this (px, either side) have no regions worth comparing
 ALIGN_IOU = 0.85  # silhouettes this similar (after normalising position and size) count as aligned
 
 
@@ -18,44 +19,56 @@ ALIGN_IOU = 0.85  # silhouettes this similar (after normalising position and siz
 # Colour (Algorithm 1)
 
 
-def color(reference: Picture, generated: Picture, segmenter, queries=None, scales: ColorScales = DEFAULT_SCALES,
-          align_iou: float = ALIGN_IOU) -> AxisResult:
-    """Region-wise colour fidelity. For the weight-free segmenter, regions are put in
-    correspondence two ways and the better correspondence is kept: (a) when the two subjects'
-    silhouettes align (IoU >= ``align_iou`` after normalising position and size, mirrored or not),
-    the reference's regions are carried over onto the generated subject; (b) the generated image is
-    clustered on its own and regions are matched by position inside the subject."""
+def color(reference: Picture, generated: Picture, segmenter, queries=None,
+          scales: ColorScales = DEFAULT_SCALES, align_iou: float = ALIGN_IOU) -> AxisResult:
+    """Region-wise colour fidelity. Both pictures are segmented the same way; then ONE
+    correspondence rule, decided from names and silhouettes before any colour is compared:
+
+    * regions named by the segmenter (GroundingDINO + SAM) correspond by name;
+    * otherwise, when the two subjects' silhouettes align (soft IoU >= ``align_iou`` after
+      normalising position and size, in the better of the direct and mirrored orientations), the
+      reference's regions are carried over onto the generated subject (:func:`.segment.carry_regions`)
+      and correspond by construction;
+    * otherwise regions correspond by where they lie inside their subjects
+      (:func:`.color.match_regions`).
+
+    Reference parts with no counterpart and large added parts score 0 over their area (see
+    :mod:`.color`)."""
+    for side, pic in (("reference", reference), ("generated", generated)):
+        h, w = pic.size
+        if min(h, w) < MIN_COLOR_SIDE:
+            return AxisResult.absent("color", f"the {side} picture is only {w}x{h} px; region colours need at "
+                                              f"least {MIN_COLOR_SIDE} px a side")
     seg_ref = segmenter(reference, queries)
     seg_gen = segmenter(generated, queries)
     labelled = all(r.label for r in seg_ref.regions) and all(r.label for r in seg_gen.regions)
-    candidates = [("independent", seg_ref, seg_gen)]
-    with single_threaded():
-        iou, mirrored = alignment(seg_ref.subject, seg_gen.subject)
-        if not labelled and iou >= align_iou and seg_ref.regions:
-            candidates.append(("carried", *transfer_regions(seg_ref, seg_gen, mirrored)))
-    best = None
-    for how, a, b in candidates:
-        with single_threaded():
-            ra, rb = a.describe(scales), b.describe(scales)
-            res = color_score_regions(ra, rb, scales)
-        if res.value is not None and (best is None or res.value > best[1].value):
-            best = (how, res, ra, rb, a, b)
-    if best is None:
-        res = color_score_regions(seg_ref.describe(scales), seg_gen.describe(scales), scales)
+    iou, mirrored = alignment(seg_ref.subject, seg_gen.subject)
+    rule = "labels" if labelled else "carried" if iou >= align_iou and seg_ref.regions else "geometry"
+    if rule == "carried":
+        seg_ref, seg_gen = carry_regions(seg_ref, seg_gen, mirrored)
+    ra, rb = seg_ref.describe(scales), seg_gen.describe(scales)
+    res = color_score_regions(ra, rb, scales)
+    notes = seg_ref.notes + [n for n in seg_gen.notes if n not in seg_ref.notes]
+    if res.value is None:
         return AxisResult.absent("color", res.missing or "no colour regions to compare",
-                                 segmenter=seg_ref.backend, notes=seg_ref.notes + seg_gen.notes)
-    how, res, ra, rb, a, b = best
+                                 segmenter=seg_ref.backend, notes=notes)
+
+    def region(r, k, lost):
+        return {"label": r.label, "area": round(r.area, 4), **r.color.as_dict(), **({"unmatched": True} if k in lost else {})}
+
     details = {
-        "segmenter": a.backend if a.backend == b.backend else f"{a.backend}/{b.backend}",
-        "correspondence": "labels" if labelled else how,
-        "orientation": res.orientation if how == "independent" else ("mirrored" if mirrored else "direct"),
+        "segmenter": seg_ref.backend if seg_ref.backend == seg_gen.backend else f"{seg_ref.backend}/{seg_gen.backend}",
+        "correspondence": rule,
+        "orientation": ("mirrored" if mirrored else "direct") if rule == "carried" else res.orientation,
         "silhouette_iou": round(iou, 4),
         "per_space": {k: round(v, 5) for k, v in res.per_space.items()},
-        "reference_regions": [{"label": r.label, "area": round(r.area, 4), **r.color.as_dict()} for r in ra],
-        "generated_regions": [{"label": r.label, "area": round(r.area, 4), **r.color.as_dict()} for r in rb],
+        "lost_area": round(res.lost_area, 4),
+        "added_area": round(res.added_area, 4),
+        "reference_regions": [region(r, k, res.lost) for k, r in enumerate(ra)],
+        "generated_regions": [region(r, k, res.added) for k, r in enumerate(rb)],
         "matches": [{"ref": m.ref, "gen": m.gen, "weight": round(m.weight, 4), "direction": m.direction,
                      "similarity": m.similarity} for m in res.matches],
-        "notes": a.notes + [n for n in b.notes if n not in a.notes],
+        "notes": notes,
     }
     return AxisResult.ok("color", res.value, **details)
 

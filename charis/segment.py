@@ -13,10 +13,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import kornia
 import torch
@@ -48,7 +46,12 @@ class Segmentation:
     core: torch.Tensor | None = None  # [H, W] bool: pixels away from edges, whose colour is trusted for stats
 
     def describe(self, scales: ColorScales = DEFAULT_SCALES, grid: int = 12) -> list[RegionInfo]:
-        """Mean colours, area shares and occupancy maps of the regions (what matching needs)."""
+        """Colours, area shares and occupancy maps of the regions (what matching needs).
+
+        A region's colour is taken over its trusted pixels (``core``: away from outlines and colour
+        edges, where neighbouring colours blend) and trimmed: the fifth of them farthest from the
+        region's median colour are left out (:func:`trimmed`), so a few stray pixels (a small
+        detail folded into a larger region, anti-aliasing) do not drag its mean."""
         subject = self.subject
         ys, xs = torch.nonzero(subject, as_tuple=True)
         if ys.numel() == 0:
@@ -64,13 +67,23 @@ class Segmentation:
                 continue
             core = r.mask & inner
             use = core if int(core.sum()) >= max(4, n // 2) else r.mask
-            out.append(RegionInfo(color=region_color(pixels[use], scales), area=n / total, label=r.label,
+            out.append(RegionInfo(color=region_color(trimmed(pixels[use]), scales), area=n / total, label=r.label,
                                   occupancy=occupancy(r.mask, box, grid)))
         return out
 
 
+def trimmed(px: torch.Tensor, floor: float = 0.1, spread: float = 3.0) -> torch.Tensor:
+    """``[N, 3]`` pixels without the outliers: those farther from the per-channel median than
+    ``max(floor, spread * median distance)`` (a stray detail folded into the region, blended edges)."""
+    if px.shape[0] < 10:
+        return px
+    d = (px - px.median(dim=0).values).norm(dim=1)
+    keep = d <= max(floor, spread * float(d.median()))
+    return px[keep] if int(keep.sum()) >= 4 else px
+
+
 # --------------------------------------------------------------------------------------------------
-# Aligned subjects: carry the reference's regions over
+# Silhouettes
 
 
 def _box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -101,49 +114,42 @@ def alignment(ref: torch.Tensor, gen: torch.Tensor) -> tuple[float, bool]:
     return (mirrored, True) if mirrored > direct + 1e-6 else (direct, False)
 
 
-def transfer_regions(ref: Segmentation, gen: Segmentation, mirrored: bool) -> tuple[Segmentation, Segmentation]:
-    """Give the generated image the reference's regions, mapped through the two subjects' bounding
-    boxes (mirrored if asked). Regions get labels ``region-<i>`` on both sides."""
+def carry_regions(ref: Segmentation, gen: Segmentation, mirrored: bool,
+                  min_extra: float = 0.05) -> tuple[Segmentation, Segmentation]:
+    """For aligned silhouettes: give the generated picture the reference's regions, mapped through
+    the two subjects' bounding boxes (mirrored if asked), whatever the generated picture's own
+    segmentation found there (so a part the background flood swallowed is still compared). Regions
+    are named ``region-<i>`` on both sides; generated subject pixels outside the mapped reference
+    subject, when they cover ``min_extra`` of it or more, become one region named ``added``."""
     labels = torch.full(ref.subject.shape, -1.0)
     for i, r in enumerate(ref.regions):
         labels[r.mask] = float(i)
     ry0, rx0, ry1, rx1 = _box(ref.subject)
     gy0, gx0, gy1, gx1 = _box(gen.subject)
     h, w = gen.subject.shape
-    ys = torch.arange(h, dtype=torch.float32)
-    xs = torch.arange(w, dtype=torch.float32)
-    v = ((ys - gy0) / max(gy1 - gy0, 1)).clamp(0, 1)
-    u = ((xs - gx0) / max(gx1 - gx0, 1)).clamp(0, 1)
-    if mirrored:
-        u = 1 - u
-    ry = (ry0 + v * (ry1 - ry0)).round().long()
-    rx = (rx0 + u * (rx1 - rx0)).round().long()
+    v = ((torch.arange(h, dtype=torch.float32) - gy0) / max(gy1 - gy0, 1))
+    u = ((torch.arange(w, dtype=torch.float32) - gx0) / max(gx1 - gx0, 1))
+    u = 1 - u if mirrored else u
+    inside = ((v >= 0) & (v <= 1))[:, None] & ((u >= 0) & (u <= 1))[None, :]
+    ry = (ry0 + v.clamp(0, 1) * (ry1 - ry0)).round().long()
+    rx = (rx0 + u.clamp(0, 1) * (rx1 - rx0)).round().long()
     carried = labels[ry[:, None], rx[None, :]].long()
-    carried[~gen.subject] = -1
+    carried[~inside] = -1
     named_ref = [Region(mask=r.mask, label=f"region-{i}") for i, r in enumerate(ref.regions)]
     named_gen = [Region(mask=carried == i, label=f"region-{i}") for i in range(len(ref.regions))]
-    note = f"reference regions carried over ({'mirrored' if mirrored else 'direct'} alignment)"
-    return (Segmentation(ref.rgb, ref.subject, named_ref, ref.backend, list(ref.notes)),
-            Segmentation(gen.rgb, gen.subject, [r for r in named_gen if bool(r.mask.any())], gen.backend,
+    added = gen.subject & (carried < 0)
+    mapped = int((carried >= 0).sum())
+    if mapped and int(added.sum()) >= min_extra * mapped:
+        named_gen.append(Region(mask=added, label="added"))
+    note = f"reference regions carried over ({'mirrored' if mirrored else 'direct'} silhouette alignment)"
+    gen_subject = (carried >= 0) | added
+    return (Segmentation(ref.rgb, ref.subject, named_ref, ref.backend, list(ref.notes), ref.core),
+            Segmentation(gen.rgb, gen_subject, [r for r in named_gen if bool(r.mask.any())], gen.backend,
                          list(gen.notes) + [note]))
 
 
 # --------------------------------------------------------------------------------------------------
 # Morphology and feature helpers (torch only)
-
-
-@contextlib.contextmanager
-def single_threaded():
-    """Run the small-tensor colour maths on one intra-op thread: on a busy machine, waking a thread
-    pool for tensors of a few thousand elements costs far more than the work (we measured 30x)."""
-    before = torch.get_num_threads()
-    if before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before > 1:
-            torch.set_num_threads(before)
 
 
 def dilate(mask: torch.Tensor, r: int = 1) -> torch.Tensor:
@@ -271,8 +277,7 @@ class ClusterSegmenter:
     name: str = "cluster"
 
     def __call__(self, picture: Picture, queries=None) -> Segmentation:
-        with single_threaded():
-            return self._segment(picture)
+        return self._segment(picture)
 
     def _segment(self, picture: Picture) -> Segmentation:
         rgb = resize_max(picture.rgb.float(), self.work_size)
@@ -381,118 +386,12 @@ def _fold_small(pts, w, centres, labels, min_share):
     return centres, labels
 
 
-# --------------------------------------------------------------------------------------------------
-# GroundingDINO + SAM backend (transformers, local folders only)
+def __getattr__(name: str):
+    if name == "GroundedSamSegmenter":  # lives beside, in segment_sam.py (it needs transformers)
+        from .segment_sam import GroundedSamSegmenter
 
-
-class GroundedSamSegmenter:
-    """Text-queried parts: GroundingDINO boxes -> SAM masks. Both models load from local folders."""
-
-    name = "grounded-sam"
-
-    def __init__(self, grounding_dino: str | Path, sam: str | Path, device: str | torch.device = "cpu",
-                 box_threshold: float = 0.3, work_size: int = 512, default_parts=DEFAULT_PARTS, max_queries: int = 12):
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, SamModel, SamProcessor
-
-        self.device = torch.device(device)
-        self.gd_processor = AutoProcessor.from_pretrained(str(grounding_dino), local_files_only=True)
-        self.gd_model = AutoModelForZeroShotObjectDetection.from_pretrained(
-            str(grounding_dino), local_files_only=True).to(self.device).eval()
-        self.sam_processor = SamProcessor.from_pretrained(str(sam), local_files_only=True)
-        self.sam_model = SamModel.from_pretrained(str(sam), local_files_only=True).to(self.device).eval()
-        self.box_threshold = box_threshold
-        self.work_size = work_size
-        self.default_parts = tuple(default_parts)
-        self.max_queries = max_queries
-        self.fallback = ClusterSegmenter()
-
-    def queries(self, queries=None) -> list[str]:
-        out: list[str] = []
-        for q in list(queries or []) or list(self.default_parts):
-            q = " ".join(str(q).lower().replace(".", " ").split())
-            if q and q not in out:
-                out.append(q)
-        return out[: self.max_queries]
-
-    @torch.no_grad()
-    def detect(self, picture: Picture, queries: list[str]) -> list[tuple[str, float, list[float]]]:
-        """Best box per query: (query, score, [x0, y0, x1, y1] in pixels of ``picture``)."""
-        image = picture.pil(self.work_size)
-        text = ". ".join(queries) + "."
-        inputs = self.gd_processor(images=image, text=text, return_tensors="pt").to(self.device)
-        out = self.gd_model(**inputs)
-        probs = out.logits[0].sigmoid()  # [queries, text tokens]
-        spans = _phrase_spans(inputs["input_ids"][0].tolist(), self.gd_processor.tokenizer, len(queries))
-        h, w = picture.size
-        boxes = out.pred_boxes[0].float()  # cx, cy, w, h normalised
-        found = []
-        for q, span in zip(queries, spans):
-            if not span:
-                continue
-            score_per_box = probs[:, span].max(dim=1).values
-            best = int(score_per_box.argmax())
-            score = float(score_per_box[best])
-            if score < self.box_threshold:
-                continue
-            cx, cy, bw, bh = boxes[best].tolist()
-            box = [max(0.0, (cx - bw / 2) * w), max(0.0, (cy - bh / 2) * h), min(w, (cx + bw / 2) * w),
-                   min(h, (cy + bh / 2) * h)]
-            if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
-                found.append((q, score, box))
-        return found
-
-    @torch.no_grad()
-    def masks(self, picture: Picture, boxes: list[list[float]]) -> torch.Tensor:
-        image = picture.pil()
-        inputs = self.sam_processor(images=image, input_boxes=[boxes], return_tensors="pt").to(self.device)
-        out = self.sam_model(**inputs, multimask_output=False)
-        masks = self.sam_processor.image_processor.post_process_masks(
-            out.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())[0]
-        return masks[:, 0].bool()  # [boxes, H, W]
-
-    def __call__(self, picture: Picture, queries=None) -> Segmentation:
-        qs = self.queries(queries)
-        found = self.detect(picture, qs) if qs else []
-        if not found:
-            seg = self.fallback(picture)
-            seg.notes.append("GroundingDINO found none of the queried parts; used the weight-free segmenter")
-            seg.backend = f"{self.name}->cluster"
-            return seg
-        masks = self.masks(picture, [b for _, _, b in found])
-        rgb = resize_max(picture.rgb.float(), self.work_size)
-        size = rgb.shape[-2:]
-        masks = F.interpolate(masks.float()[:, None], size=size, mode="nearest")[:, 0] > 0.5
-        regions, taken = [], torch.zeros(size, dtype=torch.bool)
-        for (q, score, _), m in sorted(zip(found, masks), key=lambda t: int(t[1].sum())):
-            own = m & ~taken  # smaller parts first, so a face is not swallowed by a body mask
-            if int(own.sum()) == 0:
-                continue
-            taken |= own
-            regions.append(Region(mask=own, label=q, score=score))
-        if not regions:
-            seg = self.fallback(picture)
-            seg.notes.append("SAM returned empty masks; used the weight-free segmenter")
-            seg.backend = f"{self.name}->cluster"
-            return seg
-        return Segmentation(rgb=rgb, subject=taken, regions=regions, backend=self.name,
-                            notes=[f"parts found: {', '.join(r.label for r in regions)}"])
-
-
-def _phrase_spans(ids: list[int], tokenizer, n: int) -> list[list[int]]:
-    """Token positions of each '.'-separated phrase in GroundingDINO's text input."""
-    dot = tokenizer.convert_tokens_to_ids(".")
-    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
-    spans, cur = [], []
-    for pos, t in enumerate(ids):
-        if t == dot:
-            spans.append(cur)
-            cur = []
-        elif t not in specials:
-            cur.append(pos)
-    if cur:
-        spans.append(cur)
-    spans = spans[:n]
-    return spans + [[] for _ in range(n - len(spans))]
+        return GroundedSamSegmenter
+    raise AttributeError(name)
 
 
 __all__ = ["ClusterSegmenter", "GroundedSamSegmenter", "Segmentation", "Region", "DEFAULT_PARTS", "bisecting_kmeans",

@@ -16,7 +16,7 @@ from instruct_identity.charis import scoring
 from instruct_identity.charis.color import (ColorScales, RegionColor, circular_distance, circular_mean, hsv_distance,
                                             pair_similarity, region_color, similarity)
 from instruct_identity.charis.images import Picture, from_pil
-from instruct_identity.charis.segment import ClusterSegmenter, GroundedSamSegmenter, alignment, single_threaded
+from instruct_identity.charis.segment import ClusterSegmenter, GroundedSamSegmenter, alignment
 
 SEG = ClusterSegmenter()
 
@@ -29,10 +29,9 @@ def score(a: Picture, b: Picture) -> float:
 
 def hue_shift(pic: Picture, degrees: float) -> Picture:
     """Rotate every pixel's HSV hue, then round-trip through 8 bits like a saved file."""
-    with single_threaded():
-        hsv = kornia.color.rgb_to_hsv(pic.rgb[None])
-        hsv[:, 0] = (hsv[:, 0] + math.radians(degrees)) % (2 * math.pi)
-        return from_pil(Picture(kornia.color.hsv_to_rgb(hsv)[0].clamp(0, 1)).pil())
+    hsv = kornia.color.rgb_to_hsv(pic.rgb[None])
+    hsv[:, 0] = (hsv[:, 0] + math.radians(degrees)) % (2 * math.pi)
+    return from_pil(Picture(kornia.color.hsv_to_rgb(hsv)[0].clamp(0, 1)).pil())
 
 
 def photo_like(img: Image.Image, seed: int = 0) -> Image.Image:
@@ -109,8 +108,7 @@ def test_hue_shift_by_other_libraries_is_monotone_too():
     import torchvision.transforms.functional as TF
 
     ref = from_pil(character())
-    with single_threaded():
-        shifted = [from_pil(Picture(TF.adjust_hue(ref.rgb, f)).pil()) for f in (0.0, 0.05, 0.1, 0.2, 0.35, 0.5)]
+    shifted = [from_pil(Picture(TF.adjust_hue(ref.rgb, f)).pil()) for f in (0.0, 0.05, 0.1, 0.2, 0.35, 0.5)]
     scores = [score(ref, s) for s in shifted]
     assert all(a > b for a, b in zip(scores, scores[1:])), scores
 
