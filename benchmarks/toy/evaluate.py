@@ -1,8 +1,8 @@
 """Evaluation of the toy runs: sampling through the project's own patch, and the metrics.
 
-Sampling is what a ComfyUI workflow does: ``nodes.patch.patch_model(model, reference_latent)`` and
-``comfy.sample.sample(..., noise_mask=layout.target_mask(...))`` with a stock sampler, on an
-``[empty target | reference]`` latent; the target half of the result is decoded.
+Sampling is the pack's one recipe, ``engine.sampling.sample_identity`` (what the Reference node hands
+to a stock sampler: the reference patch, an ``[empty target | reference]`` latent and the target-half
+noise mask, then ``comfy.sample.sample``); the target half of the result is decoded.
 
 Metrics per item (held-out character, reference pose, requested target pose):
 
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import data, sprites
+from instruct_identity.miniature import sprites
+
+from . import data
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +55,35 @@ def make_items(pairs: list[data.PairSpec], size: int) -> list[EvalItem]:
 
 
 # --------------------------------------------------------------------------------------------------
-# sampling
+# sampling (the pack's one recipe: engine.sampling)
 
 
 def conditioning(text_encoder, captions: list[str]):
+    from instruct_identity.engine.sampling import conditioning as make
+
     conds, pooled = zip(*(text_encoder.encode(c) for c in captions), strict=True)
-    return [[torch.stack(conds), {"pooled_output": torch.stack(pooled)}]]
+    return make(torch.stack(conds), torch.stack(pooled))
 
 
 @torch.no_grad()
-def sample_identity(model, codec, text_encoder, items: list[EvalItem], *, steps: int, seed: int,
-                    sampler: str = "euler", scheduler: str = "simple", batch: int = 32) -> np.ndarray:
-    """Outputs (target halves) for ``items`` as float RGB ``[N, S, S, 3]`` in 0..1, through the patch."""
-    import comfy.sample
-
+def sample_identity(model, codec, text_encoder, items: list[EvalItem], *, steps: int, seed: int, captions=None,
+                    sampler: str = "euler", scheduler: str = "simple", cfg: float = 1.0, batch: int = 32) -> np.ndarray:
+    """Outputs (target halves) for ``items`` as float RGB ``[N, S, S, 3]`` in 0..1, through
+    ``engine.sampling.sample_identity`` (the clean reference in the right half of every model call).
+    ``captions``: the prompts (default: each item's target-pose caption)."""
     from instruct_identity.core import layout
-    from instruct_identity.nodes.patch import patch_model
+    from instruct_identity.engine.sampling import sample_identity as sample
 
+    captions = captions or [it.pair.caption for it in items]
     outs = []
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         refs = codec.encode(torch.cat([data.to_image(it.reference) for it in chunk]))
-        lay = layout.Layout(refs.shape[-2], refs.shape[-1])
-        latent = layout.concat(torch.zeros_like(refs), refs)
-        patched = patch_model(model, refs)
-        positive = conditioning(text_encoder, [it.pair.caption for it in chunk])
+        positive = conditioning(text_encoder, captions[start:start + batch])
         negative = conditioning(text_encoder, [""] * len(chunk))
-        noise = comfy.sample.prepare_noise(latent, seed + start)
-        out = comfy.sample.sample(patched, noise, steps, 1.0, sampler, scheduler, positive, negative, latent,
-                                  denoise=1.0, noise_mask=layout.target_mask(lay), disable_pbar=True, seed=seed + start)
-        target, reference = layout.split(out)
+        grid = sample(model, refs, positive, negative, seed=seed + start, steps=steps, cfg=cfg, sampler=sampler,
+                      scheduler=scheduler)
+        target, reference = layout.split(grid)
         if not torch.allclose(reference, refs, atol=1e-4):
             raise AssertionError("the patch did not keep the reference half clean")
         outs.append(codec.decode(target).numpy())
@@ -91,20 +92,21 @@ def sample_identity(model, codec, text_encoder, items: list[EvalItem], *, steps:
 
 @torch.no_grad()
 def sample_text_to_image(model, codec, text_encoder, captions: list[str], *, size: int, steps: int, seed: int,
-                         sampler: str = "euler", scheduler: str = "simple") -> np.ndarray:
-    """Plain text-to-image samples of the base model (no patch), ``[N, S, S, 3]``."""
-    import comfy.sample
+                         cfg: float = 1.0, sampler: str = "euler", scheduler: str = "simple", width: int | None = None,
+                         batch: int = 32) -> np.ndarray:
+    """Plain text-to-image samples of the base model (no patch), ``[N, S, W, 3]``."""
+    from instruct_identity.engine.sampling import sample_text_to_image as sample
+    from instruct_identity.miniature import components
 
-    from . import components
-
-    n = len(captions)
-    latent = torch.zeros(n, components.LATENT_CHANNELS, size // components.DOWNSCALE, size // components.DOWNSCALE)
-    positive = conditioning(text_encoder, captions)
-    negative = conditioning(text_encoder, [""] * n)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    out = comfy.sample.sample(model, noise, steps, 1.0, sampler, scheduler, positive, negative, latent, denoise=1.0,
-                              disable_pbar=True, seed=seed)
-    return codec.decode(out).numpy()
+    outs = []
+    d = components.DOWNSCALE
+    for start in range(0, len(captions), batch):
+        caps = captions[start:start + batch]
+        shape = (len(caps), components.LATENT_CHANNELS, size // d, (width or size) // d)
+        out = sample(model, shape, conditioning(text_encoder, caps), conditioning(text_encoder, [""] * len(caps)),
+                     seed=seed + start, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler)
+        outs.append(codec.decode(out).numpy())
+    return np.concatenate(outs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,8 +219,6 @@ def score(outputs: np.ndarray, items: list[EvalItem], charis: CharisColor | None
 def grid_png(path, items: list[EvalItem], outputs: np.ndarray, title: str, n: int = 12, cols: int = 3,
              scale: int = 4) -> None:
     """Rows of ``reference | ground truth | output`` triplets (``cols`` triplets per row), atomically."""
-    import os
-
     from PIL import Image, ImageDraw
 
     n = min(n, len(items))
@@ -237,26 +237,25 @@ def grid_png(path, items: list[EvalItem], outputs: np.ndarray, title: str, n: in
         for j, img in enumerate((items[i].reference, items[i].target, out)):
             tile = Image.fromarray(img).resize((s, s), Image.NEAREST)
             canvas.paste(tile, (x0 + j * (s + 1), y0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    _save_png(path, canvas)
 
 
 def t2i_png(path, images: np.ndarray, captions: list[str], title: str, scale: int = 4, cols: int = 8) -> None:
-    import os
-
     from PIL import Image, ImageDraw
 
-    s = images.shape[1] * scale
+    h, w = images.shape[1] * scale, images.shape[2] * scale
     rows = math.ceil(len(images) / cols)
-    canvas = Image.new("RGB", (cols * (s + 2), 18 + rows * (s + 2)), (200, 200, 200))
+    canvas = Image.new("RGB", (cols * (w + 2), 18 + rows * (h + 2)), (200, 200, 200))
     ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        tile = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).resize((s, s), Image.NEAREST)
-        canvas.paste(tile, (c * (s + 2), 18 + r * (s + 2)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+        tile = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (c * (w + 2), 18 + r * (h + 2)))
+    _save_png(path, canvas)
+
+
+def _save_png(path, canvas) -> None:
+    from instruct_identity.core.files import atomic_write_bytes
+    from instruct_identity.core.imagefile import png_bytes
+
+    atomic_write_bytes(path, png_bytes(np.asarray(canvas)), fsync=False)

@@ -1,10 +1,15 @@
-"""One evaluation job of the toy replication: (train a LoRA with the project's trainer, then) sample the
-held-out items through the sampler patch and score them. A job is a plain dict, so jobs can run in
-worker processes (one torch thread each) as well as inline; its result does not depend on where it ran.
+"""One job of the toy replication: (train a LoRA with the project's trainer, then) sample the held-out
+items of every evaluation split through the pack's sampling recipe and score them. A job is a plain
+dict, so jobs can run in worker processes (one torch thread each) as well as inline; its result does
+not depend on where it ran. Each job's result is cached in its own folder, named by a hash of the
+job's full configuration (``job_key``): rerunning the benchmark reruns only jobs whose configuration
+changed or that are new.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,31 +18,21 @@ import numpy as np
 
 log = logging.getLogger("toy")
 
-RUN_LABELS = {
-    "baseline": "untrained LoRA (= base model)",
-    "B-masked": "preset B, masked loss (the paper's method)",
-    "B-full": "preset B, full loss",
-    "A-masked": "preset A (attention), masked",
-    "C-masked": "preset C (+ modulation), masked",
-    "B-masked-seed2": "preset B, masked, 2nd training seed",
-}
+JOB_FORMAT = "toy-job-v2"
+KEY_FIELDS = ("kind", "spec", "lora", "base_key", "train_pairs", "train_seed", "size", "seed", "eval_items",
+              "heldout_pairs", "sample_steps", "splits", "caption")
 
 
 def setup(threads: int) -> None:
-    import sys
-
     import torch
 
-    repo = str(Path(__file__).resolve().parents[2])
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
-    from instruct_identity.training.model import setup_comfyui
+    from instruct_identity.engine.runtime import setup_comfyui
 
     setup_comfyui(cpu=True)
     torch.set_num_threads(threads)
 
 
-def _quiet() -> None:
+def quiet() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)  # ComfyUI logs through the root logger
     for noisy in ("accelerate", "instruct_identity.training", "bitsandbytes"):
@@ -45,76 +40,140 @@ def _quiet() -> None:
     log.setLevel(logging.INFO)
 
 
-def eval_items(job: dict):
-    from . import data, evaluate, sprites
+def job_key(job: dict) -> str:
+    blob = json.dumps({"format": JOB_FORMAT, **{k: job.get(k) for k in KEY_FIELDS}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def job_dir(job: dict) -> Path:
+    return Path(job["work"]) / "runs" / f"{job['name']}-s{job['spec']['seed'] if job.get('spec') else 0}-{job_key(job)}"
+
+
+def cached_result(job: dict) -> dict | None:
+    f = job_dir(job) / "result.json"
+    if f.is_file():
+        out = json.loads(f.read_text())
+        out["cached"] = True
+        return out
+    return None
+
+
+def eval_items(job: dict, split: str):
+    from instruct_identity.miniature import sprites
+
+    from . import data, evaluate
 
     _, test_chars = sprites.split_characters(100_000, 200, seed=0)
-    pairs = data.make_pairs(test_chars, job["eval_items"], job["size"], job["seed"] + 1000)
-    heldout = data.make_pairs(test_chars, job["heldout_pairs"], job["size"], job["seed"] + 2000)
-    return evaluate.make_items(pairs, job["size"]), heldout
+    offset = {"distinct": 1000, "near": 1500}[split]
+    pairs = data.make_pairs(test_chars, job["eval_items"], job["size"], job["seed"] + offset, split)
+    return evaluate.make_items(pairs, job["size"])
+
+
+def heldout_pairs(job: dict):
+    from instruct_identity.miniature import sprites
+
+    from . import data
+
+    _, test_chars = sprites.split_characters(100_000, 200, seed=0)
+    return data.make_pairs(test_chars, job["heldout_pairs"], job["size"], job["seed"] + 2000, "train")
 
 
 def run_job(job: dict, worker: bool = False) -> dict:
-    """Train (unless ``job["spec"]`` is None: the untrained-LoRA baseline) and evaluate one run."""
+    """Train (``kind == "lora"``) or not (``"zero_shot"``: the base alone) and evaluate one job; cached."""
     if worker:
-        _quiet()
+        quiet()
         setup(job["threads"])
-    from safetensors.torch import load_file
+    hit = cached_result(job)
+    if hit is not None:
+        log.info("%s (seed %s): cached", job["name"], hit.get("seed"))
+        return hit
+    from instruct_identity.core.files import atomic_write_text
+    from instruct_identity.miniature import components, load_state
 
-    from . import components, evaluate, lora_runs
+    from . import data, evaluate, lora_runs
 
-    name = job["name"]
-    unet = job["unet"]
-    base_state = load_file(job["base_file"])
-    codec, te = components.PixelCodec(), components.WordEncoder()
-    items, heldout = eval_items(job)
-    out: dict = {"name": name}
-    if job["spec"] is None:
+    name, folder = job["name"], job_dir(job)
+    base_state, spec, _ = load_state(job["base_file"])
+    unet = spec.unet_config
+    codec, te = components.PixelCodec(), components.WordEncoder(**{k: spec.text_encoder[k] for k in ("dim", "tokens", "seed")})
+    heldout = heldout_pairs(job)
+    out: dict = {"name": name, "key": job_key(job), "kind": job["kind"], "label": job.get("label", name)}
+    if job["kind"] == "zero_shot":
         model = lora_runs.load_with_lora(unet, base_state, None)
-        out.update({"preset": "-", "loss": "-", "seed": job["seed"], "steps": 0,
+        out.update({"preset": "-", "loss": "-", "seed": 0, "steps": 0, "extra": {},
                     "heldout_loss": lora_runs.heldout_loss(model, codec, te, heldout, job["size"], job["seed"] + 3000)})
     else:
-        spec = lora_runs.RunSpec(**job["spec"])
-        settings = lora_runs.LoraSettings(seed=spec.seed, **job["lora"])
-        log.info("LoRA run %s (%s): %d steps", name, RUN_LABELS.get(name, name), settings.steps)
-        info, trained = lora_runs.train_run(spec, settings, Path(job["manifest"]), Path(job["work"]), base_state, unet,
-                                            codec, te, job["base_hash"])
+        rs = lora_runs.RunSpec(**job["spec"])
+        settings = lora_runs.LoraSettings(**job["lora"])
+        log.info("LoRA run %s seed %d: %d steps", name, rs.seed, settings.steps)
+        manifest = Path(job["manifest"])
+        info, trained = lora_runs.train_run(rs, settings, manifest, folder, Path(job["work"]) / "trainer-cache",
+                                            base_state, unet, codec, te, job["base_hash"])
         info["heldout_loss"] = lora_runs.heldout_loss(trained, codec, te, heldout, job["size"], job["seed"] + 3000)
         del trained
         losses = info.pop("losses")
-        info["loss_curve"] = _downsample(losses, 60)
+        info["loss_curve"] = downsample(losses, 60)
         info["loss_first20"], info["loss_last20"] = float(np.mean(losses[:20])), float(np.mean(losses[-20:]))
-        out.update({"preset": spec.preset, "loss": spec.loss, "seed": spec.seed, "rank": settings.rank,
+        out.update({"preset": rs.preset, "loss": rs.loss, "seed": rs.seed, "extra": rs.extra, "rank": settings.rank,
                     "lr": settings.lr, "batch": settings.batch, **info})
         model = lora_runs.load_with_lora(unet, base_state, info["lora"])
-    t0w, t0c = time.perf_counter(), time.process_time()
-    outs = evaluate.sample_identity(model, codec, te, items, steps=job["sample_steps"], seed=job["seed"] + 5000)
-    scored = evaluate.score(outs, items, evaluate.CharisColor())
-    out["eval_wall_s"], out["eval_cpu_s"] = time.perf_counter() - t0w, time.process_time() - t0c
-    out["metrics"], out["items"] = scored["mean"], scored["items"]
-    evaluate.grid_png(Path(job["images"]) / f"{name}.png", items, outs,
-                      f"{name}: {RUN_LABELS.get(name, name)} | each triplet: reference | ground truth | output",
-                      n=job["grid_items"])
-    m = scored["mean"]
-    log.info("%s: CHARIS colour %.3f, part colour %.3f, silhouette IoU %.3f, copy-paste %.3f", name,
-             m["charis_color"], m["part_color_acc"], m["sil_iou"], m["copy_paste"])
+    charis = evaluate.CharisColor()
+    out["splits"], out["items"], out["eval_wall_s"] = {}, {}, 0.0
+    grid_items, grid_outs = [], []
+    for split in job["splits"]:
+        items = eval_items(job, split)
+        captions = [data.zero_shot_caption(it.pair.tgt_pose) for it in items] if job.get("caption") == "sheet" else None
+        t0 = time.perf_counter()
+        outs = evaluate.sample_identity(model, codec, te, items, steps=job["sample_steps"], seed=job["seed"] + 5000,
+                                        captions=captions)
+        scored = evaluate.score(outs, items, charis)
+        out["eval_wall_s"] += time.perf_counter() - t0
+        out["splits"][split], out["items"][split] = scored["mean"], scored["items"]
+        k = max(1, job["grid_items"] // len(job["splits"]))
+        grid_items += items[:k]
+        grid_outs.append(outs[:k])
+        m = scored["mean"]
+        log.info("%s seed %s [%s]: part colour %.3f, CHARIS colour %.3f, silhouette IoU %.3f, copy-paste %.3f", name,
+                 out["seed"], split, m["part_color_acc"], m["charis_color"], m["sil_iou"], m["copy_paste"])
+    out["charis_error"] = charis.error
+    folder.mkdir(parents=True, exist_ok=True)
+    out["grid"] = str(folder / "grid.png")
+    evaluate.grid_png(folder / "grid.png", grid_items, np.concatenate(grid_outs),
+                      f"{name} (seed {out['seed']}): {job.get('label', name)} | splits {' + '.join(job['splits'])} | "
+                      "each triplet: reference | ground truth | output", n=len(grid_items))
+    atomic_write_text(folder / "result.json", json.dumps(out, default=str))
+    out["cached"] = False
     return out
 
 
-def _downsample(values: list[float], n: int) -> list[float]:
+def downsample(values: list[float], n: int) -> list[float]:
     if len(values) <= n:
         return [round(float(v), 5) for v in values]
     chunks = np.array_split(np.asarray(values, np.float64), n)
     return [round(float(c.mean()), 5) for c in chunks]
 
 
-def run_all(jobs: list[dict], workers: int) -> list[dict]:
-    """Run ``jobs`` inline (``workers <= 1``) or in that many spawned processes; results in job order."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_job(j) for j in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+def run_all(jobs: list[dict], workers: int, progress=None) -> list[dict]:
+    """Run ``jobs`` inline (``workers <= 1``) or in that many spawned processes; results in job order.
+    Cached jobs are read here without starting a worker."""
+    results: list = [cached_result(j) for j in jobs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = progress(total=len(todo)) if progress is not None and todo else None
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            results[i] = run_job(jobs[i])
+            if bar is not None:
+                bar.update(1)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, j, True) for j in jobs]
-        return [f.result() for f in futures]
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, jobs[i], True): i for i in todo}
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return results

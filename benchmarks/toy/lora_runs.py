@@ -1,60 +1,71 @@
 """Identity LoRA runs with the project's own trainer, and loading their files the way ComfyUI does.
 
 Every run calls ``training.trainer.train(cfg, components=Components(model, codec, text_encoder))``
-with a config built by ``training.config.from_dict`` from the same keys a user's TOML holds; only the
-sizes differ from a real run. The saved LoRA is then loaded onto a fresh copy of the base with
-ComfyUI's own LoRA loader (``comfy.sd.load_lora_for_models``, what ``LoraLoaderModelOnly`` calls).
+with a config built by ``training.config.from_dict`` from the same keys a user's TOML holds (plus the
+run's own ``extra`` trainer options, merged last); only the sizes differ from a real run. The saved
+LoRA (fp16, kohya key names) is then loaded onto a fresh copy of the base with ComfyUI's own LoRA
+loader (``comfy.sd.load_lora_for_models``, what ``LoraLoaderModelOnly`` calls).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import components, data
+from instruct_identity.miniature import components, sprites
+
+from . import data
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    steps: int = 400
+    steps: int = 300
     batch: int = 16
     rank: int = 16
     lr: float = 1e-3
-    seed: int = 0
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One configuration and seed. ``extra``: trainer options merged into the config last (e.g.
+    ``{"reference_attention": "one_way"}``)."""
+
     name: str
     preset: str
     loss: str
     seed: int
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "extra": dict(self.extra)}
 
 
-def trainer_config(spec: RunSpec, s: LoraSettings, manifest: Path, out_dir: Path, cache_dir: Path, size: int):
-    from instruct_identity.training.config import from_dict
-
-    return from_dict(dict(
+def trainer_options(spec: RunSpec, s: LoraSettings, manifest: Path, out_dir: Path, cache_dir: Path, size: int) -> dict:
+    opts = dict(
         mode="identity", preset=spec.preset, loss=spec.loss, network_dim=s.rank, network_alpha=float(s.rank),
         dataset_config=str(manifest), resolution=size, train_batch_size=s.batch, max_train_steps=s.steps,
         learning_rate=s.lr, lr_scheduler="constant", optimizer_type="AdamW", timestep_sampling="uniform",
-        guidance_scale=1.0, mixed_precision="no", seed=spec.seed, output_dir=str(out_dir), output_name=spec.name,
-        cache_dir=str(cache_dir), save_state=False))
+        guidance_scale=1.0, mixed_precision="no", save_precision="fp16", seed=spec.seed, output_dir=str(out_dir),
+        output_name=spec.name, cache_dir=str(cache_dir), save_state=False)
+    opts.update(spec.extra)
+    return opts
 
 
-def train_run(spec: RunSpec, s: LoraSettings, manifest: Path, work: Path, base_state: dict, unet: dict, codec,
-              text_encoder, base_hash: str) -> tuple[dict, object]:
+def train_run(spec: RunSpec, s: LoraSettings, manifest: Path, out_dir: Path, cache_dir: Path, base_state: dict,
+              unet: dict, codec, text_encoder, base_hash: str) -> tuple[dict, object]:
     """Train one LoRA; returns its file, timings and losses (and keeps the trained model for the held-out loss)."""
+    from instruct_identity.training.config import from_dict
     from instruct_identity.training.model import Components
     from instruct_identity.training.trainer import train
 
-    cfg = trainer_config(spec, s, manifest, work / "runs" / spec.name, work / "trainer-cache", data_size(manifest))
+    cfg = from_dict(trainer_options(spec, s, manifest, out_dir, cache_dir, data_size(manifest)))
     patcher = components.build_model(unet, state_dict=base_state)
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     result = train(cfg, Components(patcher, codec, text_encoder, None, base_hash))
@@ -66,8 +77,6 @@ def train_run(spec: RunSpec, s: LoraSettings, manifest: Path, work: Path, base_s
 
 
 def data_size(manifest: Path) -> int:
-    import json
-
     from PIL import Image
 
     first = Path(manifest).read_text().splitlines()[0]
@@ -89,12 +98,10 @@ def load_with_lora(unet: dict, base_state: dict, lora_path: str | None):
 
 @torch.no_grad()
 def heldout_loss(patcher, codec, text_encoder, pairs: list[data.PairSpec], size: int, seed: int) -> float:
-    """Eq. 2 on held-out pairs (target half only, for every run, masked or full), fixed noise and
-    timesteps on a grid of noise levels: comparable between runs, unlike the training losses."""
+    """Eq. 2 on held-out pairs (target half only, for every run, whatever its training loss), fixed noise
+    and timesteps on a grid of noise levels: comparable between runs, unlike the training losses."""
     from instruct_identity.training import objective
     from instruct_identity.training.model import FluxForward
-
-    from . import sprites
 
     base = patcher.model
     dm = base.diffusion_model

@@ -1,15 +1,20 @@
-"""Toy-scale replication of Instruct Identity on the CPU (issue 7), end to end in one command.
+"""Toy-scale replication of Instruct Identity on the CPU (issues 7, 11), end to end in one command.
 
-    .venv/bin/python -m benchmarks.toy.run            # full run (~40 min on 2 free cores); writes
-                                                      # docs/toy-replication.md and docs/images/toy/
-    .venv/bin/python -m benchmarks.toy.run --quick    # smoke test (tiny sizes, a minute or two); writes
-                                                      # into --work only
+    .venv/bin/python -m benchmarks.toy.run                  # full run; writes docs/toy-replication.{json,md},
+                                                            # docs/images/toy/, demo/models/, demo/references/
+    .venv/bin/python -m benchmarks.toy.run --quick          # smoke test (tiny sizes); writes into --work only
+    .venv/bin/python -m benchmarks.toy.run --runs B-masked  # (re)run only these configurations; the others
+                                                            # are taken from the cache
+    .venv/bin/python -m benchmarks.toy.run --report-only    # regenerate the markdown from the JSON
 
-Steps: procedural sprites (``sprites.py``) -> a small ComfyUI FLUX pre-trained text-to-image on
-single renders (cached) -> identity LoRAs trained by the project's trainer (B masked, B full, A
-masked, C masked, and B masked with a second seed for the seed-to-seed spread) -> sampling held-out
-characters through ``nodes.patch.patch_model`` with ComfyUI's sampler -> metrics, grids, table.
-A reproducibility check (the quick profile twice, from scratch) runs at the end unless ``--no-repro``.
+Steps: procedural sprites (``miniature.sprites``) -> a small ComfyUI FLUX pre-trained text-to-image on
+single renders and two-view character sheets (cached) -> its text-to-image check and its zero-shot
+identity row -> identity LoRAs trained by the project's trainer (``CONFIGS`` x seeds) -> sampling
+held-out characters through ``engine.sampling`` -> metrics, grids, JSON, the generated report -> the
+demo's model files. Every job is cached by a hash of its full configuration (``jobs.job_key``).
+
+To add runs (e.g. issue 12's one-way attention), add an entry to ``CONFIGS`` with ``extra`` trainer
+options and run ``--runs NAME``: only the new entry trains; the JSON and the report then hold it too.
 """
 
 from __future__ import annotations
@@ -20,61 +25,76 @@ import logging
 import math
 import os
 import platform
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from .profiles import PROFILES, Profile
+
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("toy")
 
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    size: int
-    unet: dict
-    pretrain: dict
-    lora: dict
-    train_pairs: int
-    eval_items: int
-    heldout_pairs: int
-    sample_steps: int
-    seed_spread: bool
-    t2i_samples: int = 16
-    grid_items: int = 12
-
-
-PROFILES = {
-    "full": Profile("full", size=32, unet=dict(hidden=192, heads=3, double=2, single=2),
-                    pretrain=dict(steps=1200, batch=32, lr=1e-3, warmup=60),
-                    lora=dict(steps=800, batch=16, rank=32, lr=2e-3),
-                    train_pairs=3000, eval_items=64, heldout_pairs=32, sample_steps=20, seed_spread=True),
-    "quick": Profile("quick", size=32, unet=dict(hidden=64, heads=2, double=1, single=1),
-                     pretrain=dict(steps=6, batch=8, lr=1e-3, warmup=2),
-                     lora=dict(steps=3, batch=4, rank=4, lr=1e-3),
-                     train_pairs=24, eval_items=6, heldout_pairs=4, sample_steps=3, seed_spread=False,
-                     t2i_samples=4, grid_items=6),
-}
+# The configurations: name, preset, loss, label, and ``extra`` trainer options merged into the config.
+CONFIGS = [
+    {"name": "B-masked", "preset": "B", "loss": "masked", "label": "preset B, masked loss (the paper's method)"},
+    {"name": "B-full", "preset": "B", "loss": "full",
+     "label": "preset B, full loss: clean reference in, reference-half target n - r (Eq. 2 without the mask)"},
+    {"name": "B-full_noised", "preset": "B", "loss": "full_noised",
+     "label": "preset B, full loss, reference half noised in training (In-Context-LoRA style)"},
+    {"name": "B-full_consistent", "preset": "B", "loss": "full_consistent",
+     "label": "preset B, full loss, clean reference in, reference-half target 0 (consistent with the sampler)"},
+    {"name": "A-masked", "preset": "A", "loss": "masked", "label": "preset A (attention only), masked loss"},
+    {"name": "C-masked", "preset": "C", "loss": "masked", "label": "preset C (attention + FFN + modulation), masked loss"},
+]
+ZERO_SHOT = [
+    {"name": "zero-shot", "caption": "sheet",
+     "label": "no LoRA: the base with a sheet prompt (\"two views of the same character. first view: <target pose>\")"},
+    {"name": "zero-shot-plain", "caption": "plain", "label": "no LoRA: the base with the LoRA's prompt (target pose only)"},
+]
+COMPARISONS = [("B-masked", "B-full"), ("B-masked", "B-full_noised"), ("B-masked", "B-full_consistent"),
+               ("B-masked", "A-masked"), ("B-masked", "C-masked"), ("C-masked", "A-masked")]
+METRICS = ("part_color_acc", "charis_color", "sil_iou", "copy_paste", "part_color_err")
+TARGETS = {"base_part_color_acc": 0.90, "base_sil_iou": 0.90, "lora_part_color_acc": 0.80, "lora_sil_iou": 0.85}
+DEMO_REFERENCES = 6
 
 # --------------------------------------------------------------------------------------------------
 # the pipeline
 
 
-def run_profile(profile: Profile, work: Path, images: Path | None, seed: int, threads: int, workers: int = 1,
-                retrain_base: bool = False, progress: bool = True, base_cache: Path | None = None) -> dict:
-    """Everything for one profile; returns the results dict (also written to ``work/results.json``)."""
+def build_jobs(profile: Profile, common: dict, selected: set[str] | None) -> list[dict]:
+    jobs_ = []
+    for z in ZERO_SHOT:
+        jobs_.append({**common, "kind": "zero_shot", "name": z["name"], "label": z["label"], "caption": z["caption"],
+                      "spec": None})
+    for c in CONFIGS + list(profile.extra_runs):
+        for s in range(profile.seeds):
+            spec = {"name": c["name"], "preset": c["preset"], "loss": c["loss"], "seed": common["seed"] + s,
+                    "extra": dict(c.get("extra", {}))}
+            jobs_.append({**common, "kind": "lora", "name": c["name"], "label": c["label"], "caption": "plain",
+                          "spec": spec})
+    if selected:
+        unknown = selected - {j["name"] for j in jobs_}
+        if unknown:
+            raise SystemExit(f"unknown run name(s): {', '.join(sorted(unknown))}; known: "
+                             + ", ".join(dict.fromkeys(j["name"] for j in jobs_)))
+    return jobs_
+
+
+def run_profile(profile: Profile, work: Path, seed: int, threads: int, workers: int, selected: set[str] | None,
+                retrain_base: bool = False, progress: bool = True) -> dict:
+    """Everything for one profile; returns the results dict (the JSON's content)."""
     from tqdm.auto import tqdm
 
-    from . import components, data, evaluate, jobs, lora_runs, pretrain, sprites
+    from instruct_identity.miniature import components, sprites
 
-    t_start_wall, t_start_cpu = time.perf_counter(), time.process_time()
+    from . import data, jobs, pretrain
+
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
     work.mkdir(parents=True, exist_ok=True)
-    images = images or (work / "images")
-    bar = (lambda it: tqdm(it, mininterval=5, dynamic_ncols=True)) if progress else None
+    bar = (lambda it: tqdm(it, mininterval=10, dynamic_ncols=True)) if progress else None
 
     unet = components.unet_config(**profile.unet)
     codec, te = components.PixelCodec(), components.WordEncoder()
@@ -84,69 +104,110 @@ def run_profile(profile: Profile, work: Path, images: Path | None, seed: int, th
 
     # 1. base model (cached)
     pcfg = pretrain.PretrainConfig(seed=seed, size=profile.size, **profile.pretrain)
-    base_state, base_info, base_path = pretrain.load_or_train(base_cache or (work.parent / "base-cache"), unet, pcfg,
-                                                              train_chars, codec, te, progress=bar, force=retrain_base)
-    base_hash = f"toy-base:{base_path.stem}"
+    base_state, base_info, base_file = pretrain.load_or_train(work.parent / "base-cache", unet, pcfg, train_chars,
+                                                              codec, te, progress=bar, force=retrain_base)
+    base_key = base_info["key"]
 
-    # 2. data: training pairs (train characters) and evaluation pairs (held-out characters)
+    # 2. the base's text-to-image check (cached with the base)
+    base_eval = base_check(profile, work, base_key, base_state, unet, codec, te, test_chars, seed)
+
+    # 3. LoRA data and the jobs
     manifest = data.write_manifest(data.make_pairs(train_chars, profile.train_pairs, profile.size, seed),
                                    work / "dataset", profile.size)
-    items, _ = jobs.eval_items({"size": profile.size, "seed": seed, "eval_items": profile.eval_items,
-                                "heldout_pairs": profile.heldout_pairs})
-    charis = evaluate.CharisColor()
+    common = {"unet": unet, "base_file": str(base_file), "base_key": base_key, "base_hash": f"toy-base:{base_key}",
+              "manifest": str(manifest), "work": str(work), "size": profile.size, "seed": seed, "threads": threads,
+              "train_pairs": profile.train_pairs, "train_seed": seed, "eval_items": profile.eval_items,
+              "heldout_pairs": profile.heldout_pairs, "sample_steps": profile.sample_steps,
+              "grid_items": profile.grid_items, "lora": profile.lora, "splits": list(profile.splits)}
+    all_jobs = build_jobs(profile, common, selected)
+    todo = [j for j in all_jobs if selected is None or j["name"] in selected or jobs.cached_result(j) is not None]
+    done = jobs.run_all(todo, workers, progress=(lambda total: tqdm(total=total, desc="runs", mininterval=10))
+                        if progress else None)
 
-    results = {"profile": asdict(profile), "seed": seed, "threads": threads, "unet": unet,
-               "base": {k: v for k, v in base_info.items() if k != "losses"}, "base_file": str(base_path),
-               "charis_available": charis.available, "charis_error": charis.error, "runs": {}, "oracles": {}}
-    if base_info.get("losses"):
-        results["base"]["loss_curve"] = jobs._downsample(base_info["losses"], 60)
-
-    # base model check: text-to-image on held-out characters with full captions
-    base_model = lora_runs.load_with_lora(unet, base_state, None)
-    rng = np.random.default_rng(seed)
-    t2i = [(test_chars[i], sprites.ALL_POSES[int(rng.integers(len(sprites.ALL_POSES)))]) for i in range(profile.t2i_samples)]
-    caps = [data.full_caption(c, p) for c, p in t2i]
-    t2i_out = evaluate.sample_text_to_image(base_model, codec, te, caps, size=profile.size, steps=profile.sample_steps, seed=seed)
-    t2i_items = [evaluate.EvalItem(data.PairSpec(c, p, p), *_render_pair(sprites, c, p, profile.size)) for c, p in t2i]
-    t2i_scores = evaluate.score(t2i_out, t2i_items, None)["mean"]
-    results["base"]["t2i"] = {k: t2i_scores[k] for k in ("sil_iou", "part_color_acc", "part_color_err")}
-    del base_model
-    gts = np.stack([it.target.astype(np.float32) / 255 for it in t2i_items])
-    evaluate.t2i_png(images / "base_text_to_image.png", np.concatenate([gts, t2i_out]), caps,
-                     "base model, text to image, held-out characters. top: ground truth, bottom: samples")
-
-    # oracles: what the metrics say for the exact target, and for a copy of the reference
-    results["oracles"]["ground truth"] = evaluate.score(np.stack([it.target / 255.0 for it in items]), items, charis)["mean"]
-    results["oracles"]["copy of the reference"] = evaluate.score(np.stack([it.reference / 255.0 for it in items]), items, charis)["mean"]
-
-    # 3. the runs: the untrained-LoRA baseline (a LoRA at initialisation has B = 0, i.e. it is exactly
-    # the base model) and the LoRAs, each trained by the project's trainer; same seed, data and steps
-    specs = [("B-masked", "B", "masked", seed), ("B-full", "B", "full", seed), ("A-masked", "A", "masked", seed),
-             ("C-masked", "C", "masked", seed)]
-    if profile.seed_spread:
-        specs.append(("B-masked-seed2", "B", "masked", seed + 1))
-    common = {"unet": unet, "base_file": str(base_path), "base_hash": base_hash, "manifest": str(manifest),
-              "work": str(work), "images": str(images), "size": profile.size, "seed": seed, "threads": threads,
-              "eval_items": profile.eval_items, "heldout_pairs": profile.heldout_pairs,
-              "sample_steps": profile.sample_steps, "grid_items": profile.grid_items, "lora": profile.lora}
-    job_list = [{**common, "name": n, "spec": {"name": n, "preset": p, "loss": l, "seed": sd}} for n, p, l, sd in specs]
-    job_list.append({**common, "name": "baseline", "spec": None})  # last: the shortest job
-    done = {r["name"]: r for r in jobs.run_all(job_list, workers)}
-    per_item = {}
-    for name in ["baseline"] + [s[0] for s in specs]:
-        r = done[name]
-        per_item[name] = r.pop("items")
-        results["runs"][name] = r
-
-    results["paired"] = paired_differences(per_item)
-    results["wall_s"] = time.perf_counter() - t_start_wall
-    results["cpu_s_main"] = time.process_time() - t_start_cpu
-    results["cpu_s"] = results["cpu_s_main"] + (sum(r.get("cpu_s", 0) + r["eval_cpu_s"] for r in results["runs"].values())
-                                                if workers > 1 else 0.0)
-    results["workers"] = workers
+    results = {
+        "generated_by": None, "profile": asdict(profile), "seed": seed, "threads": threads, "workers": workers,
+        "unet": unet, "text_encoder": te.spec, "codec": dict(codec.spec),
+        "base": {**base_eval, "pretrain": {k: v for k, v in base_info.items() if k not in ("losses", "unet")},
+                 "file_key": base_key, "file": str(base_file)},
+        "zero_shot": {}, "runs": [], "oracles": oracles(profile, common),
+    }
+    per_item: dict = {}
+    for r in done:
+        for split, m in r["splits"].items():
+            per_item[(r["name"], r["seed"], split)] = r["items"][split]
+            if r["kind"] == "zero_shot":
+                results["zero_shot"].setdefault(r["name"], {"label": r["label"], "splits": {}})["splits"][split] = \
+                    {k: m[k] for k in m}
+                continue
+            results["runs"].append({
+                "name": r["name"], "label": r["label"], "loss": r["loss"], "preset": r["preset"], "seed": r["seed"],
+                "split": split, "extra": r.get("extra", {}), "key": r["key"],
+                "metrics": {k: m[k] for k in m}, "heldout_loss": r.get("heldout_loss"),
+                "steps": r.get("steps"), "rank": r.get("rank"), "lr": r.get("lr"), "batch": r.get("batch"),
+                "train_wall_s": r.get("wall_s"), "train_cpu_s": r.get("cpu_s"), "eval_wall_s": r.get("eval_wall_s"),
+                "seconds_per_step": r.get("seconds_per_step"), "fixed_loss_before": r.get("fixed_loss_before"),
+                "fixed_loss_after": r.get("fixed_loss_after"), "loss_first20": r.get("loss_first20"),
+                "loss_last20": r.get("loss_last20"), "lora": r.get("lora"), "grid": r.get("grid")})
+    results["summary"] = summarise(results["runs"])
+    results["comparisons"] = paired(per_item, results["runs"], profile.splits)
+    results["targets"] = targets(results)
+    results["grids"] = {r["name"]: r["grid"] for r in done if r.get("seed", 0) == seed and r.get("grid")}
+    results["wall_s"] = time.perf_counter() - t_wall
+    results["job_wall_s"] = sum((r.get("wall_s") or 0) + (r.get("eval_wall_s") or 0) for r in done)
+    results["cached_jobs"] = sum(bool(r.get("cached")) for r in done)
+    results["jobs"] = len(done)
     results["machine"] = machine()
-    _write_json(work / "results.json", results)
     return results
+
+
+def base_check(profile, work, base_key, base_state, unet, codec, te, test_chars, seed) -> dict:
+    """Text-to-image on held-out characters with full captions (CFG ``t2i_cfg`` and 1), and sheets; cached."""
+    from instruct_identity.core.files import atomic_write_text
+    from instruct_identity.miniature import sprites
+
+    from . import data, evaluate, lora_runs
+
+    path = work / f"base-eval-{base_key}-{profile.t2i_samples}-{profile.sample_steps}-{profile.t2i_cfg:g}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    model = lora_runs.load_with_lora(unet, base_state, None)
+    rng = np.random.default_rng(seed + 77)
+    picks = [(test_chars[int(rng.integers(len(test_chars)))], sprites.ALL_POSES[int(rng.integers(18))])
+             for _ in range(profile.t2i_samples)]
+    caps = [data.full_caption(c, p) for c, p in picks]
+    items = [evaluate.EvalItem(data.PairSpec(c, p, p), *_render_pair(sprites, c, p, profile.size)) for c, p in picks]
+    out: dict = {"t2i_samples": len(caps), "t2i_cfg": profile.t2i_cfg, "sample_steps": profile.sample_steps}
+    images = {}
+    for cfg in (profile.t2i_cfg, 1.0):
+        o = evaluate.sample_text_to_image(model, codec, te, caps, size=profile.size, steps=profile.sample_steps,
+                                          seed=seed, cfg=cfg)
+        m = evaluate.score(o, items, None)["mean"]
+        key = "cfg1" if cfg == 1.0 else "main"
+        vals = {k: m[k] for k in ("part_color_acc", "part_color_acc_se", "sil_iou", "sil_iou_se", "part_color_err",
+                                  "part_color_err_se")}
+        if key == "main":
+            out.update(vals)
+        else:
+            out["cfg1"] = vals
+        images[key] = o
+    gts = np.stack([it.target.astype(np.float32) / 255 for it in items[:16]])
+    evaluate.t2i_png(work / "images" / "base_text_to_image.png",
+                     np.concatenate([gts[:8], images["main"][:8], gts[8:16], images["main"][8:16]]), caps,
+                     f"base, text to image (CFG {profile.t2i_cfg:g}), held-out characters: rows 1, 3 ground truth, "
+                     "rows 2, 4 samples")
+    # sheets: two views of one held-out character, described, both poses named
+    sheet_caps = []
+    for i in range(8):
+        c = test_chars[(i * 13) % len(test_chars)]
+        sheet_caps.append(sprites.sheet_caption(c, [sprites.ALL_POSES[(i * 5) % 18], sprites.ALL_POSES[(i * 7 + 4) % 18]]))
+    sheets = evaluate.sample_text_to_image(model, codec, te, sheet_caps, size=profile.size, width=2 * profile.size,
+                                           steps=profile.sample_steps, seed=seed + 1, cfg=profile.t2i_cfg)
+    evaluate.t2i_png(work / "images" / "base_sheets.png", sheets, sheet_caps,
+                     "base, text to image of two-view sheets (held-out characters, described)", cols=4)
+    out["eval_wall_s"] = time.perf_counter() - t0
+    atomic_write_text(path, json.dumps(out))
+    return out
 
 
 def _render_pair(sprites, c, p, size):
@@ -154,24 +215,83 @@ def _render_pair(sprites, c, p, size):
     return img, img, masks, masks
 
 
-COMPARISONS = [("B-masked", "baseline"), ("B-masked", "B-full"), ("B-masked", "A-masked"), ("B-masked", "C-masked"),
-               ("C-masked", "A-masked"), ("B-masked", "B-masked-seed2")]
+def oracles(profile: Profile, job: dict) -> dict:
+    from . import evaluate, jobs
+
+    charis = evaluate.CharisColor()
+    out = {}
+    for split in profile.splits:
+        items = jobs.eval_items(job, split)
+        out[split] = {
+            "ground truth": evaluate.score(np.stack([it.target / 255.0 for it in items]), items, charis)["mean"],
+            "copy of the reference": evaluate.score(np.stack([it.reference / 255.0 for it in items]), items, charis)["mean"]}
+    return out
 
 
-def paired_differences(per_item: dict) -> dict:
-    """Mean and standard error of per-item differences (same items, same sampling noise)."""
-    from .evaluate import METRICS
+def _se(values) -> float:
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
 
+
+def summarise(runs: list[dict]) -> dict:
+    """Per configuration and split: mean over training seeds and its standard error (over seeds)."""
+    out: dict = {}
+    for r in runs:
+        out.setdefault(r["name"], {}).setdefault(r["split"], []).append(r)
+    summary = {}
+    for name, splits in out.items():
+        summary[name] = {}
+        for split, rs in splits.items():
+            row = {"seeds": sorted(r["seed"] for r in rs)}
+            for m in METRICS:
+                vals = [r["metrics"][m] for r in rs]
+                row[m] = {"mean": float(np.mean(vals)), "se": _se(vals), "values": vals}
+            hl = [r["heldout_loss"] for r in rs if r.get("heldout_loss") is not None]
+            row["heldout_loss"] = {"mean": float(np.mean(hl)), "se": _se(hl)} if hl else None
+            summary[name][split] = row
+    return summary
+
+
+def paired(per_item: dict, runs: list[dict], splits) -> dict:
+    """``a - b`` per split and metric, paired by training seed (same seed, same items, same sampling noise):
+    the per-seed difference of means, then its mean and standard error over seeds; also the item-level
+    standard error of the seed-averaged difference."""
+    seeds = {}
+    for r in runs:
+        seeds.setdefault(r["name"], set()).add(r["seed"])
     out = {}
     for a, b in COMPARISONS:
-        if a not in per_item or b not in per_item:
+        common = sorted(seeds.get(a, set()) & seeds.get(b, set()))
+        if not common:
             continue
         row = {}
-        for m in METRICS:
-            d = np.asarray(per_item[a][m], np.float64) - np.asarray(per_item[b][m], np.float64)
-            row[m] = {"diff": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0}
+        for split in splits:
+            row[split] = {"seeds": common}
+            for m in METRICS:
+                per_seed = [float(np.mean(per_item[(a, s, split)][m]) - np.mean(per_item[(b, s, split)][m]))
+                            for s in common]
+                items = np.mean([np.asarray(per_item[(a, s, split)][m]) - np.asarray(per_item[(b, s, split)][m])
+                                 for s in common], axis=0)
+                row[split][m] = {"diff": float(np.mean(per_seed)), "se": _se(per_seed), "per_seed": per_seed,
+                                 "se_items": _se(items)}
         out[f"{a} - {b}"] = row
     return out
+
+
+def targets(results: dict) -> dict:
+    b = results["base"]
+    bm = results["summary"].get("B-masked", {}).get("distinct")
+    return {
+        "base_part_color_acc": {"target": TARGETS["base_part_color_acc"], "value": b["part_color_acc"],
+                                "met": b["part_color_acc"] >= TARGETS["base_part_color_acc"]},
+        "base_sil_iou": {"target": TARGETS["base_sil_iou"], "value": b["sil_iou"],
+                         "met": b["sil_iou"] >= TARGETS["base_sil_iou"]},
+        "lora_part_color_acc": {"target": TARGETS["lora_part_color_acc"],
+                                "value": bm["part_color_acc"]["mean"] if bm else None,
+                                "met": bool(bm and bm["part_color_acc"]["mean"] >= TARGETS["lora_part_color_acc"])},
+        "lora_sil_iou": {"target": TARGETS["lora_sil_iou"], "value": bm["sil_iou"]["mean"] if bm else None,
+                         "met": bool(bm and bm["sil_iou"]["mean"] >= TARGETS["lora_sil_iou"])},
+    }
 
 
 def machine() -> dict:
@@ -181,374 +301,142 @@ def machine() -> dict:
             "python": platform.python_version(), "load_avg": os.getloadavg()}
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------
-# reproducibility
+# outputs: pictures, JSON, demo files
 
 
-def flat_numbers(results: dict) -> dict[str, float]:
-    out = {}
-    for name, run in results["runs"].items():
-        for k, v in run["metrics"].items():
-            out[f"{name}.{k}"] = v
-        for k in ("heldout_loss", "fixed_loss_before", "fixed_loss_after"):
-            if run.get(k) is not None:
-                out[f"{name}.{k}"] = run[k]
-        for i, v in enumerate(run.get("loss_curve", [])):
-            out[f"{name}.loss_curve[{i}]"] = v
-    out["base.loss_last50"] = results["base"].get("loss_last50", math.nan)
+def publish_images(results: dict, work: Path, images: Path) -> None:
+    """Copy the pictures of this run (base, zero-shot, one grid per configuration at the first seed)."""
+    from instruct_identity.core.files import atomic_write_bytes
+
+    images.mkdir(parents=True, exist_ok=True)
+    for name in ("base_text_to_image.png", "base_sheets.png"):
+        src = work / "images" / name
+        if src.is_file():
+            atomic_write_bytes(images / name, src.read_bytes(), fsync=False)
+    for name, src in results["grids"].items():
+        if Path(src).is_file():
+            atomic_write_bytes(images / f"{name}.png", Path(src).read_bytes(), fsync=False)
+
+
+def export_demo(results: dict, work: Path, command: str, demo: Path) -> dict:
+    """The demo's files: the base, the best B-masked LoRA (distinct split, part colour accuracy), a few
+    held-out reference sprites; provenance in the safetensors metadata and in ``demo/models/README``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from instruct_identity.core.files import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
+    from instruct_identity.core.imagefile import png_bytes
+    from instruct_identity.miniature import BaseSpec, load_state, save_base, sprites
+
+    state, spec, _ = load_state(results["base"]["file"])
+    base_metrics = {k: results["base"][k] for k in ("part_color_acc", "sil_iou", "part_color_err")}
+    base_metrics["t2i_cfg"] = results["base"]["t2i_cfg"]
+    zero = results["zero_shot"].get("zero-shot", {}).get("splits", {}).get("distinct", {})
+    provenance = {"command": command, "issue": 11, "pretrain": results["base"]["pretrain"].get("pretrain"),
+                  "metrics_text_to_image": base_metrics,
+                  "metrics_zero_shot_distinct": {k: zero.get(k) for k in METRICS},
+                  "doc": "docs/toy-replication.md"}
+    models = demo / "models"
+    base_out = save_base(models / "ii_demo_base.safetensors", state, BaseSpec(spec.unet_config, spec.image_size,
+                                                                                spec.codec, spec.text_encoder), provenance)
+    candidates = [r for r in results["runs"] if r["name"] == "B-masked" and r["split"] == "distinct" and r.get("lora")]
+    out = {"base": str(base_out.relative_to(REPO)) if base_out.is_relative_to(REPO) else str(base_out)}
+    if candidates:
+        best = max(candidates, key=lambda r: r["metrics"]["part_color_acc"])
+        with safe_open(best["lora"], framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        meta["ii_provenance"] = json.dumps({"command": command, "issue": 11, "run": "B-masked", "seed": best["seed"],
+                                            "trainer_options": {"preset": "B", "loss": "masked", "rank": best["rank"],
+                                                                "steps": best["steps"], "lr": best["lr"],
+                                                                "batch": best["batch"]},
+                                            "metrics_distinct": best["metrics"],
+                                            "base": "ii_demo_base.safetensors"}, sort_keys=True, default=str)
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(best["lora"]).items()}
+        lora_out = atomic_save_safetensors(tensors, models / "ii_demo_identity_lora.safetensors", meta)
+        out["lora"] = str(lora_out.relative_to(REPO)) if lora_out.is_relative_to(REPO) else str(lora_out)
+        out["lora_seed"] = best["seed"]
+    # held-out reference sprites (characters the LoRA never saw), with their suggested prompts
+    _, test_chars = sprites.split_characters(100_000, 200, seed=0)
+    refs = demo / "references"
+    index = []
+    for i in range(DEMO_REFERENCES):
+        c = test_chars[i * 7]
+        pose = sprites.ALL_POSES[[1, 4, 10, 13, 7, 16][i]]
+        fname = f"sprite_{i + 1:02d}_{c.head}-{c.torso}-{c.legs}.png"
+        atomic_write_bytes(refs / fname, png_bytes(sprites.render(c, pose, spec.image_size)[0]), fsync=False)
+        index.append({"file": fname, "character": c.describe(), "pose": pose.caption(),
+                      "try": [p.caption() for p in sprites.ALL_POSES if p.pose != pose.pose][:3]})
+    atomic_write_text(refs / "references.json", json.dumps(index, indent=1))
+    size = sum(f.stat().st_size for f in list(models.glob("ii_demo_*.safetensors")) + list(refs.glob("*.png")))
+    out["bytes"] = size
+    if size > 25 * 1024 * 1024:
+        raise RuntimeError(f"demo files are {size / 2**20:.1f} MB, over the 25 MB budget")
     return out
 
 
-def check_repro(work: Path, seed: int, threads: int, workers: int = 1) -> dict:
-    """The quick profile twice, from scratch (base re-trained, fresh folders); every number compared."""
-    runs = []
-    for i in (1, 2):
-        d = work / f"repro-{i}"
-        shutil.rmtree(d, ignore_errors=True)
-        prof = replace(PROFILES["quick"], name="quick-repro")
-        runs.append(run_profile(prof, d, None, seed, threads, workers, retrain_base=True, progress=False, base_cache=d))
-    a, b = flat_numbers(runs[0]), flat_numbers(runs[1])
-    diffs = {k: abs(a[k] - b[k]) for k in a if k in b and not (math.isnan(a[k]) and math.isnan(b[k]))}
-    worst = max(diffs, key=diffs.get)
-    out = {"compared": len(diffs), "max_abs_diff": diffs[worst], "worst": worst, "threads": threads,
-           "tolerance": 1e-6, "ok": diffs[worst] <= 1e-6}
-    _write_json(work / "repro.json", out)
-    return out
+def _finite(obj):
+    """NaN / inf -> None, so the file is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
-# --------------------------------------------------------------------------------------------------
-# report
+def write_json(path: Path, obj) -> None:
+    from instruct_identity.core.files import atomic_write_text
 
-
-def fmt(v: float, se: float | None = None, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    s = f"{v:.{digits}f}"
-    return s if se is None else f"{s} ± {se:.{digits}f}"
-
-
-def table(results: dict) -> str:
-    head = ("| run | preset | loss | seed | steps | CHARIS colour ↑ | part colour acc ↑ | part colour err ↓ | "
-            "silhouette IoU ↑ | copy-paste ↓ | held-out Eq. 2 ↓ | train wall / CPU s | eval wall s |")
-    lines = [head, "|" + "---|" * 13]
-    for name, r in results["runs"].items():
-        m = results["runs"][name]["metrics"]
-        train_t = f"{r['wall_s']:.0f} / {r['cpu_s']:.0f}" if "wall_s" in r else "-"
-        lines.append(f"| {name} | {r['preset']} | {r['loss']} | {r['seed']} | {r['steps']} | "
-                     f"{fmt(m['charis_color'], m['charis_color_se'])} | {fmt(m['part_color_acc'], m['part_color_acc_se'])} | "
-                     f"{fmt(m['part_color_err'], m['part_color_err_se'])} | {fmt(m['sil_iou'], m['sil_iou_se'])} | "
-                     f"{fmt(m['copy_paste'], m['copy_paste_se'])} | {fmt(r.get('heldout_loss'), None, 4)} | {train_t} | "
-                     f"{r['eval_wall_s']:.0f} |")
-    for name, m in results["oracles"].items():
-        lines.append(f"| *oracle: {name}* | | | | | {fmt(m['charis_color'])} | {fmt(m['part_color_acc'])} | "
-                     f"{fmt(m['part_color_err'])} | {fmt(m['sil_iou'])} | {fmt(m['copy_paste'])} | | | |")
-    return "\n".join(lines)
-
-
-def training_table(results: dict) -> str:
-    lines = ["| run | trainer's Eq. 2 on fixed draws, before -> after | training loss, first 20 -> last 20 steps | "
-             "median s/step (wall) | train CPU s |", "|---|---|---|---|---|"]
-    for name, r in results["runs"].items():
-        if "fixed_loss_before" not in r:
-            continue
-        lines.append(f"| {name} | {r['fixed_loss_before']:.4f} -> {r['fixed_loss_after']:.4f} | "
-                     f"{r['loss_first20']:.4f} -> {r['loss_last20']:.4f} | {r['seconds_per_step']:.3f} | {r['cpu_s']:.0f} |")
-    return "\n".join(lines)
-
-
-def paired_table(results: dict) -> str:
-    from .evaluate import METRICS
-
-    lines = ["| comparison | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 1)]
-    for name, row in results["paired"].items():
-        cells = []
-        for m in METRICS:
-            d, se = row[m]["diff"], row[m]["se"]
-            cells.append(f"{d:+.3f} ± {se:.3f}" + (" (>2 SE)" if clear(d, se) else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def clear(d: float, se: float) -> bool:
-    """A difference counts when it exceeds twice its standard error (and is not float noise)."""
-    return abs(d) > 2 * se and abs(d) >= 5e-4
-
-
-def verdict(results: dict, a: str, b: str, metric: str, higher_better: bool = True) -> str:
-    row = results["paired"].get(f"{a} - {b}")
-    if row is None:
-        return "not measured"
-    d, se = row[metric]["diff"], row[metric]["se"]
-    good = d > 0 if higher_better else d < 0
-    if not clear(d, se):
-        return f"no clear difference ({d:+.3f} ± {se:.3f})"
-    return f"{a} {'better' if good else 'worse'} ({d:+.3f} ± {se:.3f})"
-
-
-def findings(results: dict) -> list[str]:
-    out = []
-    r = results["runs"]
-    if "B-masked" in r and "baseline" in r:
-        out.append("**Does it learn?** B-masked vs the untrained LoRA: CHARIS colour "
-                   f"{verdict(results, 'B-masked', 'baseline', 'charis_color')}; part colour accuracy "
-                   f"{verdict(results, 'B-masked', 'baseline', 'part_color_acc')}; silhouette IoU "
-                   f"{verdict(results, 'B-masked', 'baseline', 'sil_iou')}.")
-    if "B-full" in r:
-        out.append("**Masked vs full loss** (paper: masked better, full copies the reference): copy-paste rate "
-                   f"{verdict(results, 'B-masked', 'B-full', 'copy_paste', higher_better=False)}; silhouette IoU "
-                   f"{verdict(results, 'B-masked', 'B-full', 'sil_iou')}; CHARIS colour "
-                   f"{verdict(results, 'B-masked', 'B-full', 'charis_color')}; part colour accuracy "
-                   f"{verdict(results, 'B-masked', 'B-full', 'part_color_acc')}.")
-    if "A-masked" in r and "C-masked" in r:
-        for m, label in (("charis_color", "CHARIS colour"), ("part_color_acc", "part colour accuracy"),
-                         ("sil_iou", "silhouette IoU")):
-            order = sorted(("A-masked", "B-masked", "C-masked"), key=lambda n: -r[n]["metrics"][m])
-            out.append(f"**Presets, {label}** (paper: B best): order {' > '.join(order)} "
-                       "(" + ", ".join(f"{n[0]} {r[n]['metrics'][m]:.3f}" for n in order) + "); B vs A "
-                       f"{verdict(results, 'B-masked', 'A-masked', m)}, B vs C {verdict(results, 'B-masked', 'C-masked', m)}.")
-    if "B-masked-seed2" in r:
-        out.append("**Seed-to-seed spread** (same settings, training seed +1): "
-                   + ", ".join(f"{m} {results['paired']['B-masked - B-masked-seed2'][m]['diff']:+.3f}"
-                               for m in ("charis_color", "part_color_acc", "sil_iou", "copy_paste"))
-                   + ". Differences between runs smaller than this are not a finding.")
-    return out
-
-
-DEVIATIONS = [
-    "* Scale: a 32 px procedural world, a 4M-parameter FLUX-architecture model pre-trained here for minutes (not "
-    "FLUX.1-dev), rank-32 LoRAs for hundreds of steps at lr 2e-3 (paper: r = 512, 10,000 steps, lr 1e-4, 220k "
-    "curated pairs). The toy base has little in-context ability to start from (it never saw two pictures side by "
-    "side); the LoRA must learn the reference lookup almost from scratch.",
-    "* Metrics: the paper's Table 2 uses DreamBench++ (GPT-4o) CP/PF and the full CHARIS composite. Here only CHARIS's "
-    "colour axis is used (the VLM, CLIP and IQA axes need models this machine does not have); pose/prompt "
-    "following is measured exactly against the known target (silhouette IoU), and identity by per-part colours "
-    "against the ground truth.",
-    "* Captions name only the transformation (the target pose); the paper's captions describe the whole target scene.",
-    "* Latent = pixels (lossless 2x2 space-to-depth) instead of the FLUX VAE, and a fixed word-vector text encoder "
-    "instead of CLIP + T5; no guidance embedding; fp32 on the CPU.",
-    "* Every number is one training run per configuration (plus one second seed for B-masked to show the "
-    "seed-to-seed spread); the ± are standard errors over evaluation items, which do not include training-seed "
-    "variance.",
-]
-
-
-def reading(results: dict) -> list[str]:
-    """How to read the numbers of this run (sentences chosen by the measured directions, not fixed)."""
-    r, out = results["runs"], []
-    if "B-masked" not in r or "baseline" not in r:
-        return out
-    bm, base = r["B-masked"]["metrics"], r["baseline"]["metrics"]
-    t2i = results["base"]["t2i"]
-    out.append(
-        f"Pose, size and position follow the caption almost as well as the ground truth (silhouette IoU "
-        f"{bm['sil_iou']:.2f}, oracle 1.00, untrained {base['sil_iou']:.2f}). Colours move towards the reference's "
-        f"(part colour accuracy {base['part_color_acc']:.2f} -> {bm['part_color_acc']:.2f}; chance is about 1/11) "
-        + ("but stay far from the oracle (1.00): the outputs are patchy (see the pictures). For comparison, the base "
-           f"drawing from a caption that names the colours reaches {t2i['part_color_acc']:.2f} (16 samples): at this "
-           "budget the pose transfer is learned fully, reading the colours from the reference only partly."
-           if bm["part_color_acc"] < 0.5 else "and reach most of the oracle."))
-    if "B-full" in r:
-        bf = r["B-full"]["metrics"]
-        if bf["part_color_acc"] > bm["part_color_acc"]:
-            out.append(
-                f"The full loss **beats** the masked loss on colour here ({bf['part_color_acc']:.2f} vs "
-                f"{bm['part_color_acc']:.2f} part colour accuracy), the opposite of the paper, while its held-out Eq. 2 "
-                f"on the target half is worse ({r['B-full']['heldout_loss']:.4f} vs {r['B-masked']['heldout_loss']:.4f}) "
-                "and neither run copies the reference. A plausible reason (not tested here): with the full loss the "
-                "reference half's training target is `noise - reference` with noise the model never sees, whose "
-                "optimum is `-reference`, an auxiliary reconstruction task that makes every block carry the "
-                "reference's colours in the reference tokens, where the target tokens can read them. FLUX's reference "
-                "tokens carry rich features anyway; a 4M model trained for minutes does not, so the toy may reward this "
-                "auxiliary task more than FLUX would. The toy does not reproduce Figure 4's copy-paste failure.")
-        elif bm["part_color_acc"] > bf["part_color_acc"]:
-            out.append(f"The masked loss beats the full loss on colour ({bm['part_color_acc']:.2f} vs "
-                       f"{bf['part_color_acc']:.2f}), in the paper's direction.")
-        if max(r[n]["metrics"]["copy_paste"] for n in r if n != "baseline") == 0:
-            out.append("No trained run copies the reference layout (copy-paste 0 for all): pairs are chosen with "
-                       "clearly different silhouettes and the caption names the pose, and at this scale neither loss "
-                       "falls back to the reference's layout.")
-    if all(n in r for n in ("A-masked", "C-masked")):
-        accs = {n[0]: r[n]["metrics"]["part_color_acc"] for n in ("A-masked", "B-masked", "C-masked")}
-        best = max(accs, key=accs.get)
-        spread = abs(results["paired"].get("B-masked - B-masked-seed2", {}).get("part_color_acc", {}).get("diff", math.nan))
-        out.append(
-            f"Presets: pose is the same for A, B and C; on colour preset {best} leads "
-            f"({', '.join(f'{k} {v:.2f}' for k, v in accs.items())}), "
-            + ("which agrees with the paper (B best). " if best == "B" else "where the paper has B best. ")
-            + (f"Two seeds of B-masked differ by {spread:.3f} in part colour accuracy, so the preset differences are "
-               "larger than that one measured spread, but one extra seed is a thin estimate of it; the presets "
-               "ablation here is suggestive, not conclusive." if not math.isnan(spread) else ""))
-    return out
-
-
-def report(results: dict, images_rel: str, repro: dict | None, command: str) -> str:
-    from . import jobs
-
-    p = results["profile"]
-    b = results["base"]
-    lines = [
-        "# Toy-scale replication on the CPU",
-        "",
-        "Generated by `" + command + "` (do not edit by hand: rerun it). Issue 7: evidence, without real",
-        "FLUX weights, that the layout, the mask, the trainer and the sampler patch together learn identity",
-        "transfer, and what the paper's ablations (Table 2) look like at toy scale.",
-        "",
-        "## Set-up",
-        "",
-        f"* **Data**: procedural characters (`benchmarks/toy/sprites.py`: head, patterned torso, legs, optional hat, "
-        f"10 colours) rendered at {p['size']} px in 18 poses (3 places x 2 sizes x standing / arms up / lying). "
-        f"Identity pairs: reference = a character in one pose, target = the same character in another pose whose "
-        f"silhouette overlaps the reference's by IoU < 0.35; caption = the target pose only (\"the character lying, "
-        f"large, on the left\"), so colours can only come from the reference. {p['train_pairs']} training pairs of "
-        "training characters; evaluation on held-out characters whose (head, torso) colour pairs appear neither in "
-        "pre-training nor in the LoRA data.",
-        f"* **Base model**: ComfyUI's own FLUX module (`training.synthetic.random_flux`), hidden "
-        f"{results['unet']['hidden_size']}, {results['unet']['num_heads']} heads, {results['unet']['depth']} double + "
-        f"{results['unet']['depth_single_blocks']} single blocks, patch 2, no guidance embedding. Latent = pixels "
-        "(`PixelCodec`: 2x2 space-to-depth of the RGB, 12 channels + 4 zero channels, pre-compensated for the FLUX "
-        "latent format's scale/shift so that the model works on pixels in [-1, 1] in the trainer, the sampler and "
-        "the patch alike). Text encoder (`WordEncoder`, untrained, a stand-in for a contextual encoder): per token a "
-        "fixed random word vector + the mean vector of its phrase + a position vector. Pre-trained "
-        f"text-to-image on single renders, all parameters, {p['pretrain']['steps']} steps of batch "
-        f"{p['pretrain']['batch']} (plain flow matching through the trainer's `FluxForward` and `objective`), "
-        f"EMA weights; cached as safetensors. Pre-training: {b.get('wall_s', 0):.0f} s wall, {b.get('cpu_s', 0):.0f} s "
-        f"CPU{' (cached in this run)' if b.get('cached') else ''}; loss {b.get('loss_first50', math.nan):.3f} "
-        f"(first 50 steps) -> {b.get('loss_last50', math.nan):.3f} (last 50). Text-to-image check on held-out "
-        f"characters (full captions): silhouette IoU {b['t2i']['sil_iou']:.3f}, part colour accuracy "
-        f"{b['t2i']['part_color_acc']:.3f} ([samples]({images_rel}/base_text_to_image.png)).",
-        f"* **LoRA runs**: `training.trainer.train` with `Components(model, codec, text encoder)`, identity mode, "
-        f"rank {p['lora']['rank']} (alpha = rank), AdamW lr {p['lora']['lr']:g} constant, batch {p['lora']['batch']}, "
-        f"{p['lora']['steps']} steps, uniform timesteps, fp32; every run with the same seed, data and steps. LoRA "
-        "files are loaded onto a fresh base with ComfyUI's `comfy.sd.load_lora_for_models`.",
-        f"* **Evaluation**: {p['eval_items']} held-out (reference, target pose) items, sampled through "
-        f"`nodes.patch.patch_model` + `comfy.sample.sample` (euler, simple, {p['sample_steps']} steps, CFG 1, "
-        "`noise_mask = layout.target_mask`), same noise for every run. Metrics: CHARIS colour = "
-        + ("`charis.scoring.color` (CHARIS's colour axis, weight-free cluster segmenter) between reference and "
-           "output, position-independent" if results["charis_available"] else
-           f"**unavailable** ({results['charis_error']})")
-        + "; part colour acc / err = mean output colour inside each ground-truth part mask, classified to the "
-        "nearest palette colour (or white) / its RGB distance to the ground truth's; silhouette IoU against the "
-        "ground-truth target; copy-paste = share of outputs whose silhouette overlaps the reference's more than the "
-        "target's. ± is the standard error over items. Held-out Eq. 2 = the masked loss on held-out pairs at fixed "
-        "noise levels 0.1..0.9 (target half only, so masked and full runs are comparable).",
-        f"* Machine: {results['machine']['cores']} cores (shared), torch {results['machine']['torch']}, "
-        f"{results['threads']} torch thread(s) per process, LoRA runs in {results.get('workers', 1)} parallel "
-        f"worker process(es). Total {results['wall_s'] / 60:.1f} min wall, "
-        f"{results['cpu_s'] / 60:.1f} min CPU. Times in the table: training and evaluation of each run.",
-        "",
-        "## Results",
-        "",
-        table(results),
-        "",
-        "Paired differences (same items and noise; \">2 SE\" marks a difference larger than twice its standard error):",
-        "",
-        paired_table(results),
-        "",
-        "Training (the loss each run optimises: the full-loss run's includes the reference half, so its values "
-        "are not comparable with the masked runs'; the held-out Eq. 2 column above is):",
-        "",
-        training_table(results),
-        "",
-        "## What it shows",
-        "",
-    ]
-    lines += [f"* {f}" for f in findings(results)]
-    lines += ["", "Reading:", ""] + [f"* {f}" for f in reading(results)]
-    lines += ["", "## Deviations from the paper", "", *DEVIATIONS]
-    if repro:
-        lines += ["", "## Reproducibility", "",
-                  f"The quick profile run twice from scratch (base re-trained, {repro['threads']} thread(s)): "
-                  f"{repro['compared']} numbers compared, largest absolute difference {repro['max_abs_diff']:.2e} "
-                  f"(`{repro['worst']}`); tolerance {repro['tolerance']:g}: {'met' if repro['ok'] else 'NOT met'}. "
-                  "Same seed, same thread count, same machine. A different torch thread count changes the order of "
-                  "float reductions: on the quick profile 2 threads vs 1 differed by at most 1.2e-9 (measured once, "
-                  "2026-11-27); over the full profile's hundreds of training steps such differences can grow, so "
-                  "compare full runs at the same `--threads` (default 1)."]
-    lines += ["", "## Pictures", "", "Each triplet: reference | ground truth | output (held-out characters).", ""]
-    lines += ["**base model**, text to image from full captions (held-out characters; top rows ground truth, bottom "
-              "rows samples)", "", f"![base]({images_rel}/base_text_to_image.png)", ""]
-    for name in results["runs"]:
-        lines += [f"**{name}** — {jobs.RUN_LABELS.get(name, name)}", "", f"![{name}]({images_rel}/{name}.png)", ""]
-    return "\n".join(lines) + "\n"
-
-
-def print_summary(results: dict, repro: dict | None) -> None:
-    print()
-    print(table(results))
-    print()
-    print(paired_table(results))
-    print()
-    for f in findings(results):
-        print("- " + f.replace("**", ""))
-    if repro:
-        print(f"- reproducibility: max |diff| {repro['max_abs_diff']:.2e} over {repro['compared']} numbers "
-              f"({'ok' if repro['ok'] else 'NOT ok'}, tolerance {repro['tolerance']:g})")
-    print(f"- total {results['wall_s'] / 60:.1f} min wall, {results['cpu_s'] / 60:.1f} min CPU")
+    atomic_write_text(path, json.dumps(_finite(obj), indent=1, default=str, allow_nan=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import jobs, report
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole pipeline")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads per process (1: every time reported is single-thread CPU time)")
-    ap.add_argument("--workers", type=int, default=2,
-                    help="LoRA runs trained and evaluated in parallel processes (default 2: this machine's cores)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    ap.add_argument("--workers", type=int, default=2, help="jobs in parallel processes (default 2: this machine's cores)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default .cache/toy/<profile>)")
-    ap.add_argument("--doc", type=Path, default=None,
-                    help="markdown report (default docs/toy-replication.md for the full run, <work>/report.md for --quick)")
-    ap.add_argument("--images", type=Path, default=None,
-                    help="PNG folder (default docs/images/toy for the full run, <work>/images for --quick)")
+    ap.add_argument("--json", type=Path, default=None, help="results (default docs/toy-replication.json; --quick: <work>)")
+    ap.add_argument("--doc", type=Path, default=None, help="report (default docs/toy-replication.md; --quick: <work>)")
+    ap.add_argument("--images", type=Path, default=None, help="PNG folder (default docs/images/toy; --quick: <work>)")
+    ap.add_argument("--demo", type=Path, default=None, help="demo folder (default demo/ for the full run; --quick: none)")
+    ap.add_argument("--runs", nargs="+", default=None, metavar="NAME",
+                    help="(re)run only these configurations (others come from the cache when there)")
     ap.add_argument("--retrain-base", action="store_true", help="ignore the cached base model")
-    ap.add_argument("--no-repro", action="store_true", help="skip the reproducibility check")
-    ap.add_argument("--repro-only", action="store_true", help="only the reproducibility check")
-    ap.add_argument("--report-only", action="store_true", help="rewrite the report from <work>/results.json")
+    ap.add_argument("--report-only", action="store_true", help="regenerate the markdown from the JSON")
+    ap.add_argument("--no-export", action="store_true", help="do not write the demo files")
     args = ap.parse_args(argv)
 
-    from . import jobs
-
-    jobs._quiet()
-    jobs.setup(args.threads)
+    jobs.quiet()
     profile = PROFILES["quick" if args.quick else "full"]
-    work = (args.work or REPO / ".cache" / "toy" / profile.name).resolve()
     full = profile.name == "full"
+    work = (args.work or REPO / ".cache" / "toy" / profile.name).resolve()
+    json_path = args.json or (REPO / "docs" / "toy-replication.json" if full else work / "results.json")
     doc = args.doc or (REPO / "docs" / "toy-replication.md" if full else work / "report.md")
-    images = args.images or (REPO / "docs" / "images" / "toy" if full else work / "images")
+    images = args.images or (REPO / "docs" / "images" / "toy" if full else work / "published-images")
+    demo = args.demo or (REPO / "demo" if full else None)
     command = ".venv/bin/python -m benchmarks.toy.run" + (" --quick" if args.quick else "")
 
     if args.report_only:
-        results = json.loads((work / "results.json").read_text())
-        _write_text(doc, report(results, os.path.relpath(images, doc.parent), results.get("repro"), command))
-        print_summary(results, results.get("repro"))
+        results = json.loads(json_path.read_text())
+        report.write(results, doc, os.path.relpath(images, doc.parent))
+        log.info("report: %s", doc)
         return 0
-    if args.repro_only:
-        repro = check_repro(work, args.seed, args.threads, args.workers)
-        print(json.dumps(repro, indent=1))
-        return 0 if repro["ok"] else 1
-    results = run_profile(profile, work, images, args.seed, args.threads, args.workers, retrain_base=args.retrain_base)
-    repro = None if args.no_repro else check_repro(work, args.seed, args.threads, args.workers)
-    results["repro"] = repro
-    _write_json(work / "results.json", results)
-    try:
-        images_rel = os.path.relpath(images, doc.parent)
-    except ValueError:
-        images_rel = str(images)
-    _write_text(doc, report(results, images_rel, repro, command))
-    print_summary(results, repro)
-    print(f"\nreport: {doc}\nimages: {images}\nresults: {work / 'results.json'}")
+    jobs.setup(args.threads)
+    results = run_profile(profile, work, args.seed, args.threads, args.workers,
+                          set(args.runs) if args.runs else None, retrain_base=args.retrain_base)
+    results["generated_by"] = command + (f" --runs {' '.join(args.runs)}" if args.runs else "")
+    publish_images(results, work, images)
+    if demo is not None and not args.no_export:
+        results["demo"] = export_demo(results, work, command, demo)
+    write_json(json_path, results)
+    report.write(results, doc, os.path.relpath(images, doc.parent))
+    log.info("results: %s\nreport: %s\nimages: %s\ntotal %.1f min wall", json_path, doc, images, results["wall_s"] / 60)
     return 0
 
 

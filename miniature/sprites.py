@@ -1,4 +1,4 @@
-"""Procedural characters for the toy-scale replication: exact ground truth for identity transfer.
+"""Procedural characters of the miniature world: exact ground truth for identity transfer.
 
 A character is a set of coloured body parts (head, torso with a pattern, legs, optional hat);
 a pose places it (where, how big, standing / arms up / lying). Rendering returns the RGB picture and
@@ -132,3 +132,21 @@ def render(char: Character, pose: Pose, size: int = 32) -> tuple[np.ndarray, dic
 
 def silhouette(masks: dict[str, np.ndarray]) -> np.ndarray:
     return np.logical_or.reduce([m for m in masks.values()])
+
+
+def render_sheet(char: Character, poses: list[Pose], size: int = 32) -> np.ndarray:
+    """Several views of one character side by side: RGB uint8 ``[size, size * len(poses), 3]``."""
+    return np.concatenate([render(char, p, size)[0] for p in poses], axis=1)
+
+
+def sheet_caption(char: Character | None, poses: list[Pose | None]) -> str:
+    """Caption of a character sheet (several views of one character, left to right): the character's
+    description (``char`` None: left out) and each view's pose (``None``: not named)."""
+    ordinals = ("first", "second", "third", "fourth")
+    parts = [f"{len(poses)} views of the same character" if len(poses) != 2 else "two views of the same character"]
+    if char is not None:
+        parts.append(char.describe())
+    for i, p in enumerate(poses):
+        if p is not None:
+            parts.append(f"{ordinals[i]} view: {p.caption()}")
+    return ". ".join(parts)

@@ -1,4 +1,4 @@
-"""The toy model's parts: a pixel codec, a word-embedding text encoder and a small ComfyUI FLUX.
+"""The miniature model's parts: a pixel codec, a word-embedding text encoder and a small ComfyUI FLUX.
 
 * :class:`PixelCodec` has the trainer's ``VaeCodec`` interface (``encode`` IMAGE ``[B, H, W, 3]`` ->
   ``[B, 16, H/2, W/2]``, ``decode`` back, ``identity``). The latent is the pixels themselves: a 2x2
@@ -12,7 +12,7 @@
   the words of its phrase (text between commas / full stops, so "red" in "a red head" also carries
   "head", as a contextual encoder's output would) + a fixed random vector for its position (FLUX gives
   every text token the same RoPE position). Pooled = the mean of the word vectors.
-* :func:`unet_config` / :func:`build_model`: ComfyUI's own FLUX module via ``training.synthetic.random_flux``.
+* :func:`unet_config` / :func:`build_model`: ComfyUI's own FLUX module via ``engine.synthetic.random_flux``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class PixelCodec:
     """Lossless pixel "VAE" in the trainer's codec interface (see the module docstring)."""
 
     downscale = DOWNSCALE
+    spec = {"kind": "pixel-s2d", "downscale": DOWNSCALE, "channels": LATENT_CHANNELS}
 
     def __init__(self):
         fmt = latent_format()
@@ -72,7 +73,7 @@ def words(text: str) -> list[str]:
 class WordEncoder:
     """Caption -> (``[tokens, dim]`` word + position vectors, ``[dim]`` pooled), deterministic."""
 
-    def __init__(self, dim: int = 64, tokens: int = 24, seed: int = 0):
+    def __init__(self, dim: int = 64, tokens: int = 40, seed: int = 0):
         self.dim, self.tokens, self.seed = dim, tokens, seed
         g = torch.Generator().manual_seed(seed + 7919)
         self.positions = torch.randn(tokens, dim, generator=g) * 0.5
@@ -85,6 +86,10 @@ class WordEncoder:
             h = int.from_bytes(hashlib.sha256(f"{self.seed}:{w}".encode()).digest()[:8], "little")
             v = self._words[w] = torch.randn(self.dim, generator=torch.Generator().manual_seed(h))
         return v
+
+    @property
+    def spec(self) -> dict:
+        return {"kind": "words-ctx", "dim": self.dim, "tokens": self.tokens, "seed": self.seed}
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         cond = torch.zeros(self.tokens, self.dim)
@@ -106,7 +111,7 @@ def build_model(config: dict, seed: int = 0, state_dict: dict | None = None):
     """A ModelPatcher around ComfyUI's FLUX with ``config``: the given weights, or a fresh start for
     pre-training (``random_flux`` weights with DiT's adaLN-zero: modulations and the output layer
     start at zero, so every block starts as the identity and the model predicts 0)."""
-    from instruct_identity.training.synthetic import random_flux
+    from ..engine.synthetic import random_flux
 
     patcher = random_flux(config, seed=seed)
     dm = patcher.model.diffusion_model

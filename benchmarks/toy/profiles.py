@@ -1,0 +1,37 @@
+"""The two profiles of the toy replication: ``full`` (the documented run) and ``quick`` (CI smoke test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    size: int
+    unet: dict
+    pretrain: dict
+    lora: dict
+    train_pairs: int
+    eval_items: int           # per evaluation split
+    heldout_pairs: int
+    sample_steps: int
+    seeds: int                # training seeds per configuration
+    t2i_samples: int = 64
+    t2i_cfg: float = 4.0
+    grid_items: int = 12
+    splits: tuple = ("distinct", "near")
+    extra_runs: list = field(default_factory=list)
+
+
+PROFILES = {
+    "full": Profile("full", size=32, unet=dict(hidden=192, heads=3, double=2, single=2),
+                    pretrain=dict(steps=3000, batch=32, sheet_batch=16, sheet_ratio=0.5, lr=1e-3, warmup=100),
+                    lora=dict(steps=300, batch=16, rank=16, lr=1e-3),
+                    train_pairs=2000, eval_items=48, heldout_pairs=32, sample_steps=30, seeds=3),
+    "quick": Profile("quick", size=32, unet=dict(hidden=64, heads=2, double=1, single=1),
+                     pretrain=dict(steps=6, batch=8, sheet_batch=4, sheet_ratio=0.5, lr=1e-3, warmup=2),
+                     lora=dict(steps=3, batch=4, rank=4, lr=1e-3),
+                     train_pairs=24, eval_items=4, heldout_pairs=4, sample_steps=3, seeds=1,
+                     t2i_samples=4, grid_items=4),
+}
