@@ -1,0 +1,94 @@
+"""The miniature package: the codec, the text encoder and the base file format the demo loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def mini(comfy):
+    from instruct_identity import miniature
+
+    return miniature
+
+
+def _image(mini, i=5, pose=4):
+    from instruct_identity.benchmarks.toy.data import to_image
+
+    img, _ = mini.sprites.render(mini.sprites.all_characters()[i], mini.sprites.ALL_POSES[pose], 32)
+    return to_image(img)
+
+
+def test_pixel_codec_is_lossless_and_the_model_sees_pixels_in_minus_one_one(mini):
+    import comfy.latent_formats
+
+    codec = mini.PixelCodec()
+    x = _image(mini)
+    z = codec.encode(x)
+    assert z.shape == (1, 16, 16, 16) and codec.downscale == 2
+    assert torch.allclose(codec.decode(z), x, atol=1e-6)
+    model_space = comfy.latent_formats.Flux().process_in(z)  # what the trainer, the sampler and the patch apply
+    assert model_space.min() >= -1 - 1e-5 and model_space.max() <= 1 + 1e-5
+    assert torch.allclose(model_space[:, 12:], torch.zeros(1, 4, 16, 16), atol=1e-5)
+
+
+def test_word_encoder_binds_words_to_parts(mini):
+    te = mini.WordEncoder()
+    a, pa = te.encode("a red head, a blue torso")
+    b, pb = te.encode("a blue head, a red torso")
+    assert a.shape == (te.tokens, te.dim)
+    assert not torch.allclose(a, b)            # same bag of words, different binding
+    assert torch.allclose(pa, pb)              # pooled = bag of words
+    assert torch.equal(te.encode("the character lying")[0], mini.WordEncoder().encode("the character lying")[0])
+    assert not torch.equal(te.encode("x")[0], mini.WordEncoder(seed=1).encode("x")[0])
+
+
+def test_base_file_round_trip_rebuilds_the_same_model(mini, tmp_path):
+    cfg = mini.unet_config(hidden=64, heads=2, double=1, single=1)
+    model = mini.build_model(cfg, seed=3)
+    dm = model.model.diffusion_model
+    with torch.no_grad():  # non-zero weights everywhere (a fresh build zeroes the output layer)
+        for p in dm.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    spec = mini.BaseSpec(cfg, 32)
+    path = mini.save_base(tmp_path / "b.safetensors", dm.state_dict(), spec,
+                          {"command": "test", "metrics": {"part_color_acc": 0.5}})
+    meta = mini.read_metadata(path)
+    assert meta["format"] == mini.FORMAT and json.loads(meta["unet_config"]) == cfg
+    assert json.loads(meta["text_encoder"]) == {"kind": "words-ctx", "dim": 64, "tokens": 40, "seed": 0}
+    assert json.loads(meta["codec"])["downscale"] == 2 and meta["image_size"] == "32"
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for v in load_file(str(path)).values())
+    base = mini.load_base(path)
+    assert base.provenance == {"command": "test", "metrics": {"part_color_acc": 0.5}}
+    assert base.spec == spec and base.text_encoder.tokens == 40 and base.codec.downscale == 2
+    x = torch.randn(1, 16, 8, 8)
+    cond, pooled = base.text_encoder.encode("the character lying, small, on the left")
+    args = (x, torch.tensor([0.5]), cond[None], pooled[None])
+    from instruct_identity.training.model import FluxForward
+
+    got = FluxForward(base.model.model.diffusion_model, gradient_checkpointing=False, guidance=1.0)(
+        base.model.model.diffusion_model, *args)
+    dm.load_state_dict({k: v.half().float() for k, v in dm.state_dict().items()})
+    want = FluxForward(dm, gradient_checkpointing=False, guidance=1.0)(dm, *args)
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="not a miniature base"):
+        mini.BaseSpec.from_metadata({"format": "something else"})
+
+
+def test_identity_sampling_on_a_miniature_base_keeps_the_reference(mini):
+    from instruct_identity.core import layout
+    from instruct_identity.engine.sampling import conditioning, sample_identity
+
+    model = mini.build_model(mini.unet_config(hidden=64, heads=2, double=1, single=1), seed=0)
+    codec, te = mini.PixelCodec(), mini.WordEncoder()
+    ref = codec.encode(_image(mini))
+    grid = sample_identity(model, ref, conditioning(*te.encode("the character lying, small, on the left")),
+                           conditioning(*te.encode("")), seed=0, steps=3)
+    target, reference = layout.split(grid)
+    assert torch.allclose(reference, ref, atol=1e-4) and target.shape == ref.shape
+    assert codec.decode(target).shape == (1, 32, 32, 3)
