@@ -1,9 +1,17 @@
 """The CHARIS composite (Algorithm 2): a weighted geometric mean over a mode's axes.
 
 ``CHARIS = (prod_a S_a ** w_a) ** (1 / sum_a w_a)``. One poor axis pulls the whole score down and a
-zero axis makes it zero. An axis that could not be computed is never replaced by a guess: the
-composite is taken over the axes that exist and says which ones it used (``complete`` is False), or
-is ``None`` when ``require_all`` is set or nothing is left.
+zero axis makes it zero. Every composite says which axes it used, in its ``label``:
+
+* ``"CHARIS"``: every axis of the mode (benchmark: identity, prompt, color, quality; filter:
+  identity, color, quality, diversity) is present, with the mode's weights or others;
+* ``"custom CHARIS: a, b"``: the weights leave some of the mode's axes out (weight 0), all the rest
+  present -- a different number, not comparable with the paper's;
+* ``"partial CHARIS: a, b"``: some weighted axes are missing and the composite is taken over the
+  others -- only when the spec allows it (``allow_partial``); a partial composite is not comparable
+  with a complete one and is never averaged with one;
+* no value (``value`` None) with ``reason`` naming each missing axis and why it is missing: an axis
+  that could not be computed is never replaced by a guess.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..core.errors import InputError
 from .results import AxisResult, Composite
 
 BENCHMARK_AXES = ("identity", "prompt", "color", "quality")
@@ -35,27 +44,37 @@ class CompositeSpec:
     weights: dict[str, float] | None = None  # None: the mode's defaults
     thresholds: dict[str, float] | None = None  # None: the mode's defaults ({} = no thresholds)
     min_composite: float | None = None  # filter mode: also require composite >= this
-    require_all: bool = False  # True: no composite at all when an axis is missing
+    allow_partial: bool = False  # True: a composite over the axes present when some are missing, labelled partial
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode '{self.mode}' is not a CHARIS mode; choose one of {', '.join(MODES)}")
+            raise InputError("mode", f"'{self.mode}' is not a CHARIS mode.", f"Choose one of {', '.join(MODES)}.")
         if self.weights is None:
             self.weights = dict(BENCHMARK_WEIGHTS if self.mode == "benchmark" else FILTER_WEIGHTS)
         if self.thresholds is None:
             self.thresholds = dict(FILTER_THRESHOLDS) if self.mode == "filter" else {}
         for axis, t in self.thresholds.items():
-            if not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0):
-                raise ValueError(f"threshold of '{axis}' must be in [0, 1], got {t!r}")
+            if isinstance(t, bool) or not (isinstance(t, (int, float)) and 0.0 <= t <= 1.0):
+                raise InputError(f"composite.thresholds.{axis}", f"must be a number in [0, 1], got {t!r}.",
+                                 "Use e.g. 0.75, or leave the axis out to not threshold it.")
         for axis, w in self.weights.items():
-            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-                raise ValueError(f"weight of '{axis}' must be a finite number >= 0, got {w!r}")
+            if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise InputError(f"composite.weights.{axis}", f"must be a finite number >= 0, got {w!r}.",
+                                 "Use e.g. 0.25 (0 leaves the axis out).")
         if sum(self.weights.values()) <= 0:
-            raise ValueError("the composite weights sum to zero; give at least one axis a positive weight")
+            raise InputError("composite.weights", "the weights sum to zero.", "Give at least one axis a positive weight.")
+        if self.min_composite is not None and not (0.0 <= float(self.min_composite) <= 1.0):
+            raise InputError("composite.min_composite", f"must be in [0, 1], got {self.min_composite!r}.",
+                             "Use e.g. 0.6, or leave it unset.")
 
     @property
     def axes(self) -> tuple[str, ...]:
         return tuple(a for a, w in self.weights.items() if w > 0)
+
+    @property
+    def standard(self) -> bool:
+        """Whether the weighted axes are exactly the mode's own (the paper's composite)."""
+        return set(self.axes) == set(BENCHMARK_AXES if self.mode == "benchmark" else FILTER_AXES)
 
 
 def weighted_geometric_mean(values: Mapping[str, float], weights: Mapping[str, float]) -> float:
@@ -70,7 +89,7 @@ def weighted_geometric_mean(values: Mapping[str, float], weights: Mapping[str, f
             continue
         v = float(values[axis])
         if not (0.0 <= v <= 1.0):
-            raise ValueError(f"axis '{axis}' has value {v}, outside [0, 1]")
+            raise ValueError(f"axis '{axis}' has value {v}, outside [0, 1]")  # a bug upstream, not user input
         if v == 0.0:
             return 0.0
         log_sum += w * math.log(v)
@@ -81,23 +100,41 @@ def weighted_geometric_mean(values: Mapping[str, float], weights: Mapping[str, f
 
 
 def composite(axes: Mapping[str, AxisResult | float | None], spec: CompositeSpec) -> Composite:
-    """The composite of one item's axes under ``spec`` (values may be AxisResults, floats or None)."""
+    """The composite of one item's axes under ``spec`` (values may be AxisResults, floats or None),
+    labelled with the axes it used (see the module docstring)."""
     values: dict[str, float] = {}
     missing: list[str] = []
+    why: dict[str, str] = {}
     for axis in spec.axes:
         v = axes.get(axis)
-        v = v.value if isinstance(v, AxisResult) else v
+        if isinstance(v, AxisResult):
+            if v.value is None:
+                why[axis] = v.missing or "not computed"
+            v = v.value
         if v is None:
             missing.append(axis)
+            why.setdefault(axis, "not computed")
         else:
             values[axis] = float(v)
     used = [a for a in spec.axes if a in values]
     weights = {a: float(spec.weights[a]) for a in used}
-    value = None
-    if used and not (missing and spec.require_all):
+    value, reason = None, None
+    if missing:
+        lacking = "; ".join(f"{a}: {why[a]}" for a in missing)
+        label = f"partial CHARIS: {', '.join(used)}" if used else "CHARIS"
+        if not used:
+            reason = f"no axis of the composite could be computed ({lacking})"
+        elif spec.allow_partial:
+            value = weighted_geometric_mean(values, weights)
+            reason = f"partial: missing {lacking}"
+        else:
+            reason = (f"missing {lacking}. A composite over the other axes is not the {spec.mode} CHARIS; "
+                      "ask for a partial one explicitly (allow_partial / --allow-partial) to get it, labelled partial")
+    else:
         value = weighted_geometric_mean(values, weights)
+        label = "CHARIS" if spec.standard else f"custom CHARIS: {', '.join(used)}"
     result = Composite(mode=spec.mode, value=value, axes_used=used, axes_missing=missing, weights=weights,
-                       complete=not missing)
+                       complete=not missing, label=label, reason=reason)
     if spec.mode == "filter":
         present = {}
         for axis in spec.thresholds:

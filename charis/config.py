@@ -27,12 +27,17 @@ Example (``charis.toml``)::
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from ..core.errors import closest
+from ..core.errors import InputError, closest
 from .axes import CORE_AXES, DREAMBENCH_AXES, get_axis
 from .composite import MODES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +45,13 @@ class ClipConfig:
     path: str | None = None  # folder (open_clip local-dir) or weights file
     arch: str | None = None  # open_clip architecture name when the file name does not say
     rescale: list[float] | None = None  # [lo, hi] linear cosine rescaling instead of CLIPScore's 2.5*cos
+
+    def __post_init__(self):
+        r = self.rescale
+        if r is not None and not (isinstance(r, (list, tuple)) and len(r) == 2
+                                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r)
+                                  and r[0] < r[1]):
+            raise InputError("clip.rescale", f"must be [lo, hi] with lo < hi, got {r!r}.", "E.g. rescale = [0.15, 0.35].")
 
 
 @dataclass
@@ -90,7 +102,9 @@ class CompositeConfig:
     weights: dict[str, float] | None = None
     thresholds: dict[str, float] | None = None
     min_composite: float | None = None
-    require_all: bool = False
+    allow_partial: bool = False  # a composite over the axes present when some are missing, labelled partial
+    require_all: bool | None = None  # old key: composites are complete-only by default now; kept so old configs load
+    prompt_threshold: float | None = None  # filter mode: also require prompt adherence >= this (the paper's curation)
 
 
 @dataclass
@@ -107,16 +121,18 @@ class CharisConfig:
     composite: CompositeConfig = field(default_factory=CompositeConfig)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode: '{self.mode}' is not one of {', '.join(MODES)}")
+        _choice("mode", self.mode, MODES)
         for a in self.axes or []:
-            get_axis(a)
-        if self.vlm.backend not in ("openai", "transformers", "none"):
-            raise ValueError(f"vlm.backend: '{self.vlm.backend}' is not one of openai, transformers, none")
-        if self.quality.backend not in ("open_clip", "pyiqa", "none"):
-            raise ValueError(f"quality.backend: '{self.quality.backend}' is not one of open_clip, pyiqa, none")
-        if self.color.segmenter not in ("cluster", "grounded-sam"):
-            raise ValueError(f"color.segmenter: '{self.color.segmenter}' is not one of cluster, grounded-sam")
+            try:
+                get_axis(a)
+            except KeyError as e:
+                raise InputError("axes", str(e).strip("'\""), "Fix the name in --axes / axes.") from None
+        _choice("vlm.backend", self.vlm.backend, ("openai", "transformers", "none"))
+        _choice("quality.backend", self.quality.backend, ("open_clip", "pyiqa", "none"))
+        _choice("color.segmenter", self.color.segmenter, ("cluster", "grounded-sam"))
+        check_key_env(self.vlm.api_key_env)
+        if self.composite.require_all is False and not self.composite.allow_partial:
+            log.warning("composite.require_all = false no longer gives partial composites; set allow_partial = true")
 
     def selected_axes(self) -> list[str]:
         axes = list(self.axes) if self.axes else list(CORE_AXES)
@@ -130,17 +146,42 @@ class CharisConfig:
         return asdict(self)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def check_key_env(name: str | None) -> None:
+    """``api_key_env`` must be the NAME of an environment variable. A pasted key is refused without
+    ever echoing it (error messages end up in logs and results)."""
+    if not name:
+        return
+    looks_like_key = len(name) >= 20 and any(c.isdigit() for c in name) and any(c.islower() for c in name) \
+        and name not in os.environ
+    if not _ENV_NAME.fullmatch(name) or looks_like_key:
+        raise InputError("vlm.api_key_env (--vlm-key-env)", "is not the name of an environment variable (it looks like "
+                         "a key; the value is not repeated here).",
+                         "Put the API key in an environment variable and give only its NAME, e.g. OPENAI_API_KEY.")
+
+
+def _choice(name: str, value, options) -> None:
+    if value not in options:
+        near = closest(value, options)
+        hint = f" Did you mean '{near}'?" if near else ""
+        raise InputError(name, f"'{value}' is not one of {', '.join(options)}.{hint}", "Pick one of those.")
+
+
 def from_dict(cls, data: dict, where: str = ""):
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys raise."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a table, got {type(data).__name__}")
+        raise InputError(where.rstrip(".") or "config", f"expected a table, got {type(data).__name__}.",
+                         "Write it as a [table] (TOML) or an object (JSON).")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in known:
             near = closest(key, known)
             hint = f" (did you mean '{near}'?)" if near else ""
-            raise ValueError(f"unknown config key '{where}{key}'{hint}")
+            raise InputError(f"{where}{key}", f"unknown config key '{where}{key}'{hint}.",
+                             "Fix the spelling; see charis/config.py for every key.")
         default = known[key].default_factory() if callable(known[key].default_factory) else None  # type: ignore[misc]
         if is_dataclass(default):
             value = from_dict(type(default), value, f"{where}{key}.")
@@ -153,15 +194,24 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     data: dict = {}
     if path:
         path = Path(path)
+        if not path.is_file():
+            raise InputError("--config", f"{path} does not exist.", "Check the path of the CHARIS config file.")
         text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                raise ValueError(f"{path}: TOML configs need Python 3.11+; write the config as JSON") from None
-            data = tomllib.loads(text)
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                try:
+                    import tomllib
+                except ImportError:  # Python 3.10
+                    raise InputError("--config", f"{path}: TOML configs need Python 3.11+.",
+                                     "Write the config as JSON (same keys).") from None
+                data = tomllib.loads(text)
+        except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            if isinstance(e, InputError):
+                raise
+            raise InputError("--config", f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
+                             f"({e}).", "Fix the syntax at the place named.") from None
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
             data.setdefault(key, {}).update({k: v for k, v in value.items() if v is not None})

@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import scoring
+from ..core.errors import InputError
 from .color import ColorScales
 from .composite import CompositeSpec, composite
 from .config import CharisConfig
 from .images import Picture, load
+from .metrics import ORDER, create_metric, requires
 from .results import AxisResult, PairResult
 from .segment import ClusterSegmenter
 
@@ -46,14 +47,10 @@ class Evaluator:
                  judge=_UNSET):
         self.config = config or CharisConfig()
         self._clip, self._iqa, self._segmenter, self._judge = clip, iqa, segmenter, judge
+        self._metrics: dict = {}
         c = self.config.color
-        self.scales = ColorScales(rgb=c.rgb_scale, hsv=c.hsv_scale, lab=c.lab_scale)
-        cc = self.config.composite
-        self.spec = CompositeSpec(mode=self.config.mode,
-                                  weights=dict(cc.weights) if cc.weights is not None else None,
-                                  thresholds=dict(cc.thresholds) if cc.thresholds is not None else None,
-                                  min_composite=self.config.composite.min_composite,
-                                  require_all=self.config.composite.require_all)
+        self._scales = ColorScales(rgb=c.rgb_scale, hsv=c.hsv_scale, lab=c.lab_scale)
+        self.spec = spec_from_config(self.config)
 
     @classmethod
     def from_config(cls, config: CharisConfig) -> "Evaluator":
@@ -79,7 +76,8 @@ class Evaluator:
                 from .clip import PyiqaClipIQA
 
                 if not q.path:
-                    raise ValueError("quality.path: the pyiqa backend needs a local TorchScript CLIP (e.g. RN50.pt)")
+                    raise InputError("quality.path (--quality-model)", "the pyiqa backend needs a local TorchScript CLIP.",
+                                     "Give the path of e.g. RN50.pt.")
                 self._iqa = PyiqaClipIQA(q.path, self.config.device, max_side=q.max_side)
             else:
                 from .clip import ClipIQA, ClipModel
@@ -97,7 +95,8 @@ class Evaluator:
                 from .segment import GroundedSamSegmenter
 
                 if not (c.grounding_dino and c.sam):
-                    raise ValueError("color: the grounded-sam segmenter needs grounding_dino and sam model folders")
+                    raise InputError("color.grounding_dino / color.sam", "the grounded-sam segmenter needs both model "
+                                     "folders.", "Give --grounding-dino and --sam, or --segmenter cluster.")
                 self._segmenter = GroundedSamSegmenter(c.grounding_dino, c.sam, self.config.device,
                                                        box_threshold=c.box_threshold)
             else:
@@ -119,65 +118,66 @@ class Evaluator:
         ref_name = reference.source if isinstance(reference, Picture) else str(reference)
         gen_name = generated.source if isinstance(generated, Picture) else str(generated)
         item_id = item_id or Path(str(gen_name or "pair")).stem
+        if not isinstance(prompt, str):
+            raise InputError("prompt", f"must be text, got {type(prompt).__name__} ({str(prompt)[:40]!r}).",
+                             "Give the prompt as a string (quote it in the manifest).")
         try:
-            ref = reference if isinstance(reference, Picture) else load(reference)
-            gen = generated if isinstance(generated, Picture) else load(generated)
+            ref = reference if isinstance(reference, Picture) else load(reference, "reference")
+            gen = generated if isinstance(generated, Picture) else load(generated, "generated")
         except Exception as e:  # noqa: BLE001 - an unreadable image fails this item only
-            return PairResult.failure(item_id, f"cannot read the images: {type(e).__name__}: {e}", prompt,
-                                      ref_name, gen_name)
+            return PairResult.failure(item_id, f"cannot read the images: {e}", prompt, ref_name, gen_name)
         calls_before = self._calls()
+        spec = spec or self.spec
         axes = self.axes(ref, gen, prompt, spec)
-        result = PairResult(id=item_id, prompt=prompt, axes=axes, composite=composite(axes, spec or self.spec),
+        unasked = {a: AxisResult.absent(a, "not requested (--axes / axes)") for a in (*spec.axes, *spec.thresholds)
+                   if a not in axes and a != "composite"}
+        result = PairResult(id=item_id, prompt=prompt, axes=axes, composite=composite({**unasked, **axes}, spec),
                             reference=ref_name, generated=gen_name)
         result.vlm_calls = self._calls() - calls_before
         result.seconds = round(time.perf_counter() - t0, 4)
         return result
 
-    def axes(self, ref: Picture, gen: Picture, prompt: str, spec: CompositeSpec | None = None) -> dict[str, AxisResult]:
-        wanted = self.config.selected_axes()
+    def wanted_axes(self, spec: CompositeSpec | None = None) -> list[str]:
+        """The axes to compute: the ones asked for (``config.axes`` / ``--axes``) and nothing else; with
+        none asked for, the five core axes plus whatever the composite and its thresholds use."""
         spec = spec or self.spec
-        needed = set(wanted) | set(spec.axes) | set(spec.thresholds)
-        out: dict[str, AxisResult] = {}
-        attributes: list[dict] = []
+        wanted = self.config.selected_axes()
+        if self.config.axes is None:
+            wanted += [a for a in (*spec.axes, *spec.thresholds) if a not in wanted and a != "composite"]
+        return wanted
 
-        def run(name: str, fn: Callable[[], AxisResult]) -> None:
+    def metric(self, name: str):
+        """The registry's metric for axis ``name``, built once with the models it needs."""
+        if name not in self._metrics:
+            models = {key: getattr(self, key) for key in requires(name)}
+            self._metrics[name] = create_metric(name, **models)
+        return self._metrics[name]
+
+    @property
+    def scales(self) -> ColorScales:
+        return self._scales
+
+    @property
+    def rescale(self) -> tuple[float, float] | None:
+        return tuple(self.config.clip.rescale) if self.config.clip.rescale else None
+
+    def axes(self, ref: Picture, gen: Picture, prompt: str, spec: CompositeSpec | None = None) -> dict[str, AxisResult]:
+        """Every wanted axis, each through its registry metric (:mod:`.metrics`); an axis that fails
+        is reported missing with the reason and the others go on."""
+        wanted = self.wanted_axes(spec)
+        todo = [a for a in ORDER if a in wanted]
+        if "prompt" in todo and "clip_score" not in todo:
+            todo.insert(todo.index("prompt"), "clip_score")  # the CLIP half of the prompt axis
+        context: dict = {"axes": {}}
+        for name in todo:
             try:
-                out[name] = fn()
+                result = self.metric(name)(ref, gen, prompt, context)
             except Exception as e:  # noqa: BLE001 - one broken axis must not sink the others
                 log.exception("CHARIS: the %s axis failed", name)
-                out[name] = AxisResult.absent(name, f"{type(e).__name__}: {self._redact(str(e))}")
-
-        if "identity" in needed:
-            def _identity():
-                nonlocal attributes
-                res, attributes = scoring.identity(ref, gen, prompt, self.judge)
-                return res
-            run("identity", _identity)
-        if "color" in needed:
-            queries = [a.get("region") or a.get("attribute") for a in attributes] or None
-            run("color", lambda: scoring.color(ref, gen, self.segmenter, queries, self.scales))
-        if "quality" in needed:
-            run("quality", lambda: scoring.quality(gen, self.iqa))
-        if "prompt" in needed or "clip_score" in needed:
-            rescale = tuple(self.config.clip.rescale) if self.config.clip.rescale else None
-            run("clip_score", lambda: scoring.clip_score(gen, prompt, self.clip, rescale))
-        if "prompt" in needed:
-            run("prompt_vlm", lambda: scoring.vlm_rating("prompt", "prompt_vlm", {"generated": gen}, self.judge,
-                                                         prompt=prompt))
-            out["prompt"] = scoring.prompt_axis(out.pop("prompt_vlm"), out["clip_score"])
-            if "clip_score" not in wanted:
-                out.pop("clip_score")
-        if "diversity" in needed:
-            run("diversity", lambda: scoring.vlm_rating("diversity", "diversity", {"reference": ref, "generated": gen},
-                                                        self.judge, prompt=prompt or "(no prompt given)"))
-        pics = {"reference": ref, "generated": gen}
-        for axis in ("dreambench_cp", "dreambench_pf", "dreambench_cp_debiased", "dreambench_pf_debiased"):
-            if axis in needed:
-                run(axis, lambda axis=axis: scoring.vlm_rating(axis, axis, pics, self.judge,
-                                                               prompt=prompt or "(no prompt given)"))
-        order = wanted + [a for a in out if a not in wanted]
-        return {a: out[a] for a in order if a in out}
-
+                result = AxisResult.absent(name, f"{type(e).__name__}: {self._redact(str(e))}")
+            context["axes"][name] = result
+        out = context["axes"]
+        return {a: out[a] for a in wanted if a in out}
     def _calls(self) -> int:
         try:
             judge = self.judge
@@ -216,6 +216,20 @@ class Evaluator:
                 yield r
 
 
+def spec_from_config(config: CharisConfig) -> CompositeSpec:
+    """The composite spec a config describes (mode, weights, thresholds, partial or not)."""
+    cc = config.composite
+    thresholds = dict(cc.thresholds) if cc.thresholds is not None else None
+    if cc.prompt_threshold is not None:
+        if config.mode != "filter":
+            raise InputError("composite.prompt_threshold (--min-prompt)", "is a filter-mode criterion.",
+                             "Use it with --mode filter.")
+        thresholds = dict(thresholds if thresholds is not None else CompositeSpec("filter").thresholds)
+        thresholds["prompt"] = float(cc.prompt_threshold)
+    return CompositeSpec(mode=config.mode, weights=dict(cc.weights) if cc.weights is not None else None,
+                         thresholds=thresholds, min_composite=cc.min_composite, allow_partial=cc.allow_partial)
+
+
 def build_judge(config: CharisConfig):
     """The VLM judge described by ``config.vlm`` (None for backend "none")."""
     from .vlm import AnswerCache, Judge, OpenAICompatibleBackend, TransformersBackend
@@ -232,7 +246,8 @@ def build_judge(config: CharisConfig):
             json_mode=v.json_mode))
     else:
         if not v.path:
-            raise ValueError("vlm.path: the transformers backend needs a local model folder")
+            raise InputError("vlm.path (--vlm-path)", "the transformers backend needs a local model folder.",
+                             "Give the folder of a Qwen2-VL-class model.")
         backend = TransformersBackend(v.path, device=config.device, dtype=v.dtype, max_new_tokens=v.max_new_tokens,
                                       image_max_side=v.image_max_side)
     cache = AnswerCache(config.cache_dir) if config.cache_dir else None

@@ -1,20 +1,44 @@
-"""Thin metric classes over :mod:`.scoring`, one per axis, torchmetrics-style: the metadata comes from
-the axis registry as class attributes, the model is injected, ``__call__`` returns an
-:class:`AxisResult`. :func:`create_metric` builds one by axis name (pyiqa-style)::
+"""The CHARIS metric registry: the ONE path from an axis name to its score.
+
+Thin metric classes over :mod:`.scoring`, one per axis, torchmetrics-style: the metadata comes from
+the axis registry (:mod:`.axes`) as class attributes, the models are injected, ``__call__`` returns
+an :class:`AxisResult`. :func:`create_metric` builds one by axis name (pyiqa-style)::
 
     color = create_metric("color")                      # weight-free segmenter
     color(reference, generated).value
     identity = create_metric("identity", judge=judge)   # needs a VLM judge
+
+The :class:`~.evaluator.Evaluator` scores every axis through :func:`create_metric` too, with
+:data:`REQUIRES` telling which of its (lazily built) models each axis takes, and in
+:data:`ORDER`, so an axis can use what an earlier one found (``context``): the identity attributes
+become the colour segmenter's part queries, the CLIP score is the CLIP half of the prompt axis.
 """
 
 from __future__ import annotations
 
-from .axes import get_axis
+from .axes import all_axes, get_axis
 from .color import DEFAULT_SCALES
 from .images import Picture
 from .results import AxisResult
 from .segment import ClusterSegmenter
 from . import scoring
+
+#: Evaluation order: an axis may read the context left by the ones before it.
+ORDER = ("identity", "color", "quality", "clip_score", "prompt", "diversity", "dreambench_cp", "dreambench_pf",
+         "dreambench_cp_debiased", "dreambench_pf_debiased")
+
+#: The models (constructor keywords) each axis's metric takes; VLM rating axes take the judge.
+REQUIRES = {
+    "color": ("segmenter", "scales"),
+    "quality": ("iqa",),
+    "clip_score": ("clip", "rescale"),
+    "identity": ("judge",),
+    "prompt": ("judge", "clip", "rescale"),
+}
+
+
+def requires(axis: str) -> tuple[str, ...]:
+    return REQUIRES.get(axis, ("judge",) if get_axis(axis).needs_vlm else ())
 
 
 class Metric:
@@ -33,7 +57,8 @@ class Metric:
         i = self.info()
         return i.low, i.high
 
-    def __call__(self, reference: Picture | None, generated: Picture, prompt: str = "") -> AxisResult:
+    def __call__(self, reference: Picture | None, generated: Picture, prompt: str = "",
+                 context: dict | None = None) -> AxisResult:
         raise NotImplementedError
 
 
@@ -44,7 +69,9 @@ class ColorMetric(Metric):
         self.segmenter = segmenter or ClusterSegmenter()
         self.scales = scales
 
-    def __call__(self, reference, generated, prompt="", queries=None):
+    def __call__(self, reference, generated, prompt="", context=None, queries=None):
+        if queries is None and context:
+            queries = [a.get("region") or a.get("attribute") for a in context.get("attributes", [])] or None
         return scoring.color(reference, generated, self.segmenter, queries, self.scales)
 
 
@@ -54,7 +81,7 @@ class QualityMetric(Metric):
     def __init__(self, iqa):
         self.iqa = iqa
 
-    def __call__(self, reference, generated, prompt=""):
+    def __call__(self, reference, generated, prompt="", context=None):
         return scoring.quality(generated, self.iqa)
 
 
@@ -64,7 +91,7 @@ class ClipScoreMetric(Metric):
     def __init__(self, clip, rescale: tuple[float, float] | None = None):
         self.clip, self.rescale = clip, rescale
 
-    def __call__(self, reference, generated, prompt=""):
+    def __call__(self, reference, generated, prompt="", context=None):
         return scoring.clip_score(generated, prompt, self.clip, self.rescale)
 
 
@@ -74,8 +101,11 @@ class IdentityMetric(Metric):
     def __init__(self, judge):
         self.judge = judge
 
-    def __call__(self, reference, generated, prompt=""):
-        return scoring.identity(reference, generated, prompt, self.judge)[0]
+    def __call__(self, reference, generated, prompt="", context=None):
+        result, attributes = scoring.identity(reference, generated, prompt, self.judge)
+        if context is not None:
+            context["attributes"] = attributes
+        return result
 
 
 class PromptMetric(Metric):
@@ -84,9 +114,12 @@ class PromptMetric(Metric):
     def __init__(self, judge, clip, rescale: tuple[float, float] | None = None):
         self.judge, self.clip, self.rescale = judge, clip, rescale
 
-    def __call__(self, reference, generated, prompt=""):
+    def __call__(self, reference, generated, prompt="", context=None):
+        clip = (context or {}).get("axes", {}).get("clip_score")
+        if clip is None:
+            clip = scoring.clip_score(generated, prompt, self.clip, self.rescale)
         vlm = scoring.vlm_rating("prompt", "prompt_vlm", {"generated": generated}, self.judge, prompt=prompt)
-        return scoring.prompt_axis(vlm, scoring.clip_score(generated, prompt, self.clip, self.rescale))
+        return scoring.prompt_axis(vlm, clip)
 
 
 class RatingMetric(Metric):
@@ -100,7 +133,7 @@ class RatingMetric(Metric):
     def info(self):  # type: ignore[override]  # per instance: one class serves several axes
         return get_axis(self.axis)
 
-    def __call__(self, reference, generated, prompt=""):
+    def __call__(self, reference, generated, prompt="", context=None):
         return scoring.vlm_rating(self.axis, self.axis, {"reference": reference, "generated": generated}, self.judge,
                                   prompt=prompt or "(no prompt given)")
 
@@ -120,3 +153,6 @@ def create_metric(name: str, **kwargs) -> Metric:
     if name in _FACTORIES:
         return _FACTORIES[name](**kwargs)
     return RatingMetric(name, **kwargs)
+
+
+assert set(ORDER) == set(all_axes()), "every registered axis needs a place in metrics.ORDER"

@@ -17,6 +17,7 @@ from .axes import all_axes
 from .batch import axis_columns
 from .images import data_url, load
 from .results import PairResult
+from .summary import summarize
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,23 @@ def _details(r: PairResult) -> str:
     return "".join(parts)
 
 
+def _composite_cell(c) -> str:
+    """The composite with its label: "CHARIS", "partial CHARIS: <axes>" (and what is missing), or
+    absent with the reason; pass/reject in filter mode."""
+    verdict = ""
+    if c is not None and c.passed is not None:
+        verdict = ("<div class='pass'>pass</div>" if c.passed else
+                   f"<div class='nopass'>reject</div><div class='small'>"
+                   f"{esc('; '.join(f'{k}: {v}' for k, v in c.failed.items()))}</div>")
+    if c is None or c.value is None:
+        reason = c.reason if c is not None else "no axis available"
+        return (f"<td data-sort='-1'><div class='missing'>CHARIS absent</div><div class='small'>{esc(reason)}</div>"
+                f"{verdict}</td>")
+    extra = f"<div class='small'>{esc(c.reason)}</div>" if c.reason else ""
+    return (f"<td data-sort='{c.value:.6f}'><div class='small'><b>{esc(c.label)}</b></div>{_bar(c.value, None)}"
+            f"{extra}{verdict}</td>")
+
+
 def render(results: list[PairResult], title: str = "CHARIS report") -> str:
     """The whole report as one HTML string (no external resources)."""
     axes = axis_columns(results)
@@ -131,18 +149,8 @@ def render(results: list[PairResult], title: str = "CHARIS report") -> str:
         if r.error:
             comp_cell = (f"<td data-sort='-2'><div class='missing'>failed</div>"
                          f"<div class='small'>{esc(r.error)}</div></td>")
-        elif c is None or c.value is None:
-            comp_cell = f"<td data-sort='-1'>{_bar(None, 'no axis available')}</td>"
         else:
-            used = ", ".join(c.axes_used)
-            extra = "" if c.complete else (f"<div class='small'>over {esc(used)} only; "
-                                           f"missing {esc(', '.join(c.axes_missing))}</div>")
-            verdict = ""
-            if c.passed is not None:
-                verdict = ("<div class='pass'>pass</div>" if c.passed else
-                           f"<div class='nopass'>reject</div><div class='small'>"
-                           f"{esc('; '.join(f'{k}: {v}' for k, v in c.failed.items()))}</div>")
-            comp_cell = f"<td data-sort='{c.value:.6f}'>{_bar(c.value, None)}{extra}{verdict}</td>"
+            comp_cell = _composite_cell(c)
         cells = []
         for a in axes:
             ax = r.axes.get(a)
@@ -156,12 +164,8 @@ def render(results: list[PairResult], title: str = "CHARIS report") -> str:
             f"{comp_cell}{''.join(cells)}</tr>")
     heads = "".join(f"<th title='{esc(meta[a].meaning if a in meta else a)}'>"
                     f"{esc(meta[a].title if a in meta else a)}</th>" for a in axes)
-    ok = [r for r in results if r.ok and r.composite and r.composite.value is not None]
-    mean = sum(r.composite.value for r in ok) / len(ok) if ok else None
-    failed = sum(1 for r in results if r.error)
-    mode = next((r.composite.mode for r in results if r.composite), "")
-    summary = (f"{len(results)} pairs, {failed} failed; mode {esc(mode)}; mean composite "
-               f"{'n/a' if mean is None else f'{mean:.3f}'}; generated {esc(time.strftime('%Y-%m-%d %H:%M'))}")
+    summary = "<br>".join(esc(line) for line in summarize(results, axes).lines())
+    summary += f"<br>generated {esc(time.strftime('%Y-%m-%d %H:%M'))}"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{_CSS}</style></head><body>"
             f"<h1>{esc(title)}</h1><div class='meta'>{summary}. Worst first; click a column to sort.</div>"

@@ -20,8 +20,8 @@ class AxisResult:
     @classmethod
     def ok(cls, name: str, value: float, **details) -> "AxisResult":
         value = float(value)
-        if not math.isfinite(value):
-            return cls(name, None, f"the {name} score came out as {value}", details)
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            return cls(name, None, f"the {name} score came out as {value}, not a number in [0, 1]", details)
         return cls(name, value, None, details)
 
     @classmethod
@@ -43,6 +43,19 @@ class Composite:
     complete: bool
     passed: bool | None = None  # filter mode only
     failed: dict[str, str] = field(default_factory=dict)  # axis -> why it failed its threshold
+    label: str = "CHARIS"  # "CHARIS", "custom CHARIS: <axes>" or "partial CHARIS: <axes>"
+    reason: str | None = None  # why there is no value, or why it is partial
+
+    @property
+    def partial(self) -> bool:
+        """A value over some of the axes only (never to be averaged with complete ones)."""
+        return self.value is not None and not self.complete
+
+    def headline(self) -> str:
+        """One line: "CHARIS 0.712", "partial CHARIS: color 0.843" or "CHARIS absent: <reason>"."""
+        if self.value is None:
+            return f"CHARIS absent: {self.reason or 'no axis computed'}"
+        return f"{self.label} {self.value:.3f}"
 
 
 @dataclass
@@ -77,6 +90,8 @@ class PairResult:
         d = dict(d)
         axes = {k: AxisResult(**v) for k, v in (d.pop("axes", None) or {}).items()}
         comp = d.pop("composite", None)
+        if comp and not comp.get("complete", True) and "label" not in comp:  # written before labels existed
+            comp["label"] = "partial CHARIS: " + ", ".join(comp.get("axes_used") or [])
         return cls(axes=axes, composite=Composite(**comp) if comp else None, **d)
 
     @classmethod

@@ -105,9 +105,38 @@ def _vlm_missing(name: str, judge: Judge | None, answer=None) -> AxisResult:
     return AxisResult.absent(name, answer.error or "no answer", vlm=judge.id, calls=answer.calls)
 
 
+VERDICT_CREDIT = {"match": 1.0, "partial": 0.5, "mismatch": 0.0}  # not_visible: not judged
+
+
+def combine_identity(vlm_score: float, verdicts: list[dict]) -> dict:
+    """The identity rating from the VLM's own two answers: its overall 0-4 ``vlm_score`` and its
+    per-attribute ``verdicts``.
+
+    The verdicts imply a rating ``A = 4 * (matches + partials / 2) / visible`` (``not_visible`` ones
+    left out). The overall rating is kept when it lies within one rubric step of ``A`` -- and, as the
+    rubric defines 4 as "every visible attribute matches", at most 3 when any verdict is partial or a
+    mismatch. Otherwise it is moved to the nearest end of that band and the answer is flagged as
+    contradicting itself. With no visible verdict the overall rating is used as it is.
+    Returns ``{"rating", "attribute_rating", "band", "contradiction", "note"}``."""
+    judged = [v["verdict"] for v in verdicts if v.get("verdict") in VERDICT_CREDIT]
+    if not judged:
+        return {"rating": vlm_score, "attribute_rating": None, "band": [0.0, 4.0], "contradiction": False,
+                "note": "no visible attribute was judged: the overall rating is used as given"}
+    attr = 4.0 * sum(VERDICT_CREDIT[v] for v in judged) / len(judged)
+    hi = min(4.0, attr + 1.0, 3.0 if any(v != "match" for v in judged) else 4.0)
+    lo = max(0.0, min(attr - 1.0, hi))
+    rating = min(max(vlm_score, lo), hi)
+    contradiction = rating != vlm_score
+    note = (f"the VLM rated {vlm_score:g}/4 but its verdicts imply {attr:.2f}/4; rating moved to {rating:g}"
+            if contradiction else "the overall rating agrees with the verdicts")
+    return {"rating": rating, "attribute_rating": round(attr, 4), "band": [round(lo, 4), round(hi, 4)],
+            "contradiction": contradiction, "note": note}
+
+
 def identity(reference: Picture, generated: Picture, prompt: str, judge: Judge | None) -> tuple[AxisResult, list[dict]]:
     """Attribute-level identity: list the reference's attributes, then judge each in the generated
-    image. Returns the axis and the attribute list (also used as segmentation queries)."""
+    image; the axis is :func:`combine_identity` of the verdicts and the overall rating, divided by 4.
+    Returns the axis and the attribute list (also used as segmentation queries)."""
     if judge is None:
         return _vlm_missing("identity", None), []
     listed = judge.ask("identity_attributes", {"reference": reference})
@@ -125,7 +154,9 @@ def identity(reference: Picture, generated: Picture, prompt: str, judge: Judge |
     verdicts = judged.value["verdicts"]
     counts = {v: sum(1 for x in verdicts if x["verdict"] == v) for v in ("match", "partial", "mismatch", "not_visible")}
     score = judged.value["score"]
-    return AxisResult.ok("identity", score / 4.0, vlm_score=score, attributes=attributes, verdicts=verdicts,
+    combined = combine_identity(score, verdicts)
+    return AxisResult.ok("identity", combined["rating"] / 4.0, vlm_score=score, consistency=combined,
+                         contradiction=combined["contradiction"], attributes=attributes, verdicts=verdicts,
                          verdict_counts=counts, vlm=judge.id, cached=listed.cached and judged.cached), attributes
 
 

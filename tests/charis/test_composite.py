@@ -42,16 +42,54 @@ def test_a_zero_axis_zeroes_the_composite():
 
 
 def test_a_missing_axis_is_reported_and_never_filled_in():
+    """Issue 13: by default no composite at all when an axis is missing (the reason names each
+    missing axis and why); a partial one only when asked for, labelled with the axes it used."""
     vals = {"identity": AxisResult.absent("identity", "no VLM configured"), "prompt": None,
             "color": AxisResult.ok("color", 0.64), "quality": 0.81}
     c = composite(vals, CompositeSpec("benchmark"))
     assert c.axes_missing == ["identity", "prompt"] and c.axes_used == ["color", "quality"]
-    assert not c.complete
-    assert c.value == pytest.approx(math.sqrt(0.64 * 0.81))  # over the axes it has, and it says so
-    strict = composite(vals, CompositeSpec("benchmark", require_all=True))
-    assert strict.value is None and strict.axes_missing == ["identity", "prompt"]
-    nothing = composite({}, CompositeSpec("benchmark"))
-    assert nothing.value is None and nothing.axes_used == []
+    assert not c.complete and not c.partial
+    assert c.value is None  # (before issue 13: sqrt(0.64 * 0.81) under the name "CHARIS")
+    assert "identity: no VLM configured" in c.reason and "prompt: not computed" in c.reason
+    assert "allow_partial" in c.reason and c.headline().startswith("CHARIS absent: missing identity")
+    partial = composite(vals, CompositeSpec("benchmark", allow_partial=True))
+    assert partial.value == pytest.approx(math.sqrt(0.64 * 0.81))  # over the axes it has, and it says so
+    assert partial.label == "partial CHARIS: color, quality" and partial.partial
+    assert partial.headline() == "partial CHARIS: color, quality 0.720"
+    nothing = composite({}, CompositeSpec("benchmark", allow_partial=True))
+    assert nothing.value is None and nothing.axes_used == [] and "no axis" in nothing.reason
+
+
+def test_labels_say_which_axes_were_used():
+    full = {"identity": 0.9, "prompt": 0.6, "color": 0.8, "quality": 0.5}
+    assert composite(full, CompositeSpec("benchmark")).label == "CHARIS"
+    custom = composite(full, CompositeSpec("benchmark", weights={"identity": 1, "color": 1}))
+    assert custom.complete and custom.label == "custom CHARIS: identity, color"
+    # the colour axis alone is never called CHARIS, with or without the option
+    only_color = {"color": AxisResult.ok("color", 0.8)}
+    assert composite(only_color, CompositeSpec("benchmark")).value is None
+    assert composite(only_color, CompositeSpec("benchmark", allow_partial=True)).label == "partial CHARIS: color"
+
+
+def test_summaries_never_average_partial_with_complete():
+    from instruct_identity.charis.summary import summarize
+
+    spec_p = CompositeSpec("benchmark", allow_partial=True)
+    full = {"identity": 0.9, "prompt": 0.9, "color": 0.9, "quality": 0.9}
+    part = {"color": 0.1, "quality": 0.1}
+    results = [PairResult(id=f"c{i}", prompt="", axes={a: AxisResult.ok(a, v) for a, v in full.items()},
+                          composite=composite(full, spec_p)) for i in range(2)]
+    results += [PairResult(id=f"p{i}", prompt="", axes={a: AxisResult.ok(a, v) for a, v in part.items()},
+                           composite=composite(part, spec_p)) for i in range(3)]
+    results.append(PairResult(id="none", prompt="", axes={a: AxisResult.ok(a, v) for a, v in part.items()},
+                              composite=composite(part, CompositeSpec("benchmark"))))
+    s = summarize(results)
+    assert s.complete.count == 2 and s.complete.mean == pytest.approx(0.9)  # not (2*0.9 + 3*0.1) / 5
+    assert [(g.label, g.count) for g in s.partial] == [("partial CHARIS: color, quality", 3)]
+    assert s.partial[0].mean == pytest.approx(0.1) and s.absent == 1
+    assert s.coverage["identity"] == (2, 6) and s.coverage["color"] == (6, 6)
+    text = s.text()
+    assert "mean CHARIS 0.9000 over 2 complete" in text and "identity 2/6" in text and "not comparable" in text
 
 
 def test_filter_mode_thresholds():
@@ -78,6 +116,12 @@ def test_geometric_mean_lies_between_min_and_max(values, weights):
 
 
 def test_bad_specs_are_refused():
+    from instruct_identity.core.errors import InputError
+
+    with pytest.raises(InputError, match="^mode: 'ranking'"):
+        CompositeSpec("ranking")
+    with pytest.raises(InputError, match="composite.weights.identity"):
+        CompositeSpec("benchmark", weights={"identity": True})
     with pytest.raises(ValueError):
         CompositeSpec("ranking")
     with pytest.raises(ValueError):

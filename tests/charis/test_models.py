@@ -131,16 +131,18 @@ def test_local_qwen2vl_backend_answers_through_the_real_processor_and_generate(t
 
 
 def test_local_vlm_in_the_evaluator(tiny_vlm, tmp_path):
-    cfg = CharisConfig(axes=["diversity", "color"], cache_dir=str(tmp_path / "cache"),
+    cfg = CharisConfig(axes=["identity", "diversity", "color"], cache_dir=str(tmp_path / "cache"),
                        vlm=VLMConfig(backend="transformers", path=str(tiny_vlm), max_new_tokens=16))
     ev = Evaluator(cfg)
     ref, gen = from_pil(character()), from_pil(character(dx=25))
     r = ev.score_pair(ref, gen, "the figure jumping")
     assert r.axes["diversity"].value == pytest.approx(0.75)
     # this model can only say {"score": 3}: the identity listing gets 3 malformed answers -> missing, with
-    # the reason; the prompt rating (needed by the benchmark composite) and diversity take one call each
+    # the reason; diversity takes one call. The prompt axis was not asked for (--axes), so it is not
+    # computed and costs no call (issue 14: it used to be, for the benchmark composite)
     assert r.axes["identity"].value is None and "no usable answer" in r.axes["identity"].missing
-    assert r.vlm_calls == 3 + 1 + 1
+    assert "prompt" not in r.axes and r.vlm_calls == 3 + 1
+    assert r.composite.value is None and "prompt: not requested" in r.composite.reason
     again = ev.score_pair(ref, gen, "the figure jumping")
     assert again.axes["diversity"].details["cached"] is True
     assert again.vlm_calls == 3  # only the failed identity listing is asked again

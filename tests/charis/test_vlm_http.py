@@ -173,7 +173,9 @@ def test_evaluator_reports_missing_vlm_axes_with_reasons(fake_vlm, secret_env):
     assert r.axes["diversity"].value is None
     assert r.axes["color"].value is not None
     assert r.composite.axes_missing == ["identity", "prompt", "quality"]  # no CLIP configured either
-    assert r.composite.axes_used == ["color"] and r.composite.value == r.axes["color"].value
+    # issue 13: the colour axis alone is not "CHARIS" (it used to be, renormalised); absent, with the reasons
+    assert r.composite.axes_used == ["color"] and r.composite.value is None
+    assert "identity: HTTP 500" in r.composite.reason and "quality: no CLIP-IQA model configured" in r.composite.reason
 
 
 def test_rating_metrics_through_the_factory(fake_vlm, secret_env):
