@@ -1,5 +1,6 @@
-"""Batch inputs and outputs: manifests, folders, resumable results files, CSV, and the split/merge
-used for multi-process scoring.
+"""Batch scoring as a library: inputs (manifests, folders), the resumable results file, the
+multi-process split/merge, CSV, and :func:`run_batch`, which ties them together (the ``charis batch``
+command is a thin shell over it).
 
 Inputs
   * a JSONL manifest: one object per line with ``reference``, ``generated`` and optional ``prompt``
@@ -8,10 +9,12 @@ Inputs
     ``reference/NAME.*``, and ``generated/NAME__anything.png`` too (several generations per
     reference); the prompt comes from ``generated/<stem>.txt`` when present.
 
-Results: JSONL, one :class:`PairResult` per line. Each line is appended with a single ``write`` on an
-``O_APPEND`` descriptor and flushed to disk, so an interrupted run leaves at most one torn last line,
-which the reader skips (and :func:`repair` removes). Items already scored without error are skipped
-on the next run; failed items are tried again.
+Results: JSONL, one :class:`PairResult` per line, written as ASCII JSON (no raw U+2028 / U+0085 can
+split a line) and read back by splitting on ``\\n`` only. Each line is appended with a single
+``write`` on an ``O_APPEND`` descriptor and flushed to disk, so an interrupted run leaves at most one
+torn last line, which the reader skips (and :func:`repair` removes). Items already scored without
+error are skipped on the next run; failed items are tried again. Whole files (reports, merged
+results) are written atomically by :mod:`instruct_identity.core.files`.
 """
 
 from __future__ import annotations
@@ -21,19 +24,25 @@ import io
 import json
 import logging
 import os
-import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.errors import InputError
+from ..core.files import atomic_write_text, clean_stale_temporaries
 from .axes import CORE_AXES, DREAMBENCH_AXES
+from .config import CharisConfig
 from .evaluator import Item
 from .images import IMAGE_SUFFIXES
 from .results import PairResult
+from .summary import Summary, summarize
 
 log = logging.getLogger(__name__)
 
 
-class ManifestError(ValueError):
-    pass
+class ManifestError(InputError):
+    def __init__(self, problem: str, fix: str = "", input_name: str = "input"):
+        super().__init__(input_name, problem, fix)
 
 
 def read_items(source: str | Path) -> list[Item]:
@@ -43,21 +52,34 @@ def read_items(source: str | Path) -> list[Item]:
         return read_manifest(manifest) if manifest.is_file() else read_folder(source)
     if source.is_file():
         return read_manifest(source)
-    raise ManifestError(f"{source}: no such manifest or folder")
+    raise ManifestError(f"{source}: no such manifest or folder.", "Give a .jsonl manifest or a folder.")
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split on ``\\n`` only (``str.splitlines`` also splits on U+2028, U+0085, ..., which JSON
+    strings may hold raw)."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def read_manifest(path: Path) -> list[Item]:
     items, seen = [], set()
     base = path.parent
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise ManifestError(f"{path}:{n}: not a JSON object ({e})") from None
+            raise ManifestError(f"{path}:{n}: not a JSON object ({e}).", "Write one JSON object per line.") from None
         if not isinstance(row, dict) or not row.get("reference") or not row.get("generated"):
-            raise ManifestError(f"{path}:{n}: needs 'reference' and 'generated' paths")
+            raise ManifestError(f"{path}:{n}: needs 'reference' and 'generated' paths.",
+                                'E.g. {"reference": "ref.png", "generated": "gen.png", "prompt": "..."}')
+        if isinstance(row.get("id"), bool) or not isinstance(row.get("id"), (str, int, type(None))):
+            raise ManifestError(f"{path}:{n}: 'id' is a {type(row['id']).__name__}.", "Give the id as text.", "id")
+        for key in ("reference", "generated", "prompt"):
+            if key in row and row[key] is not None and not isinstance(row[key], str):
+                raise ManifestError(f"{path}:{n}: '{key}' is a {type(row[key]).__name__}, not text.",
+                                    f"Quote the {key} (a JSON string).", input_name=key)
         ref, gen = Path(row["reference"]), Path(row["generated"])
         ref = ref if ref.is_absolute() else base / ref
         gen = gen if gen.is_absolute() else base / gen
@@ -65,7 +87,7 @@ def read_manifest(path: Path) -> list[Item]:
         if item_id in seen:
             item_id = f"{item_id}#{n}"
         seen.add(item_id)
-        items.append(Item(item_id, ref, gen, str(row.get("prompt") or "")))
+        items.append(Item(item_id, ref, gen, row.get("prompt") or ""))
     return items
 
 
@@ -77,8 +99,8 @@ def read_folder(folder: Path) -> list[Item]:
     refs = {p.stem: p for p in _images(folder / "reference")}
     gens = _images(folder / "generated")
     if not refs or not gens:
-        raise ManifestError(f"{folder}: expected reference/ and generated/ subfolders with images "
-                            "(or a manifest.jsonl)")
+        raise ManifestError(f"{folder}: expected reference/ and generated/ subfolders with images.",
+                            "Or put a manifest.jsonl in the folder.")
     items = []
     for g in gens:
         key = g.stem if g.stem in refs else g.stem.split("__")[0]
@@ -111,7 +133,7 @@ def read_results(path: Path) -> list[PairResult]:
     if not path.is_file():
         return []
     latest: dict[str, PairResult] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:
@@ -124,15 +146,8 @@ def read_results(path: Path) -> list[PairResult]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A report, CSV or JSON file, atomically (the pack's one atomic write)."""
+    atomic_write_text(path, text)
 
 
 def rewrite_results(path: Path, results: list[PairResult]) -> None:
@@ -185,6 +200,121 @@ def merge_parts(out: Path) -> int:
     return n
 
 
+@dataclass
+class Processes:
+    """This process's place among the processes of a (possibly) distributed run."""
+
+    rank: int = 0
+    world: int = 1
+    state: object | None = None  # accelerate's PartialState when launched with accelerate/torchrun
+
+    def wait(self) -> None:
+        if self.state is not None and self.world > 1:
+            self.state.wait_for_everyone()
+
+
+def processes(config: CharisConfig) -> Processes:
+    """Join accelerate's process group when launched with ``accelerate launch`` / ``torchrun`` (else one
+    process), and settle ``config.device`` ("auto": this process's own device)."""
+    try:
+        from accelerate import PartialState
+
+        # "cpu": processes talk over gloo (start them with torchrun); otherwise accelerate's device per process
+        state = PartialState(cpu=config.device == "cpu")
+        procs = Processes(state.process_index, state.num_processes, state)
+        if config.device in ("auto", "cuda") or (procs.world > 1 and config.device != "cpu"):
+            config.device = str(state.device)
+        return procs
+    except Exception as e:  # noqa: BLE001 - accelerate missing or not launched: one process
+        log.debug("accelerate not used: %s", e)
+        if config.device == "auto":
+            config.device = "cpu"
+        return Processes()
+
+
+# --------------------------------------------------------------------------------------------------
+# The batch
+
+
+@dataclass
+class BatchOutcome:
+    out: Path
+    results: list[PairResult] = field(default_factory=list)  # every item of the input (rank 0), in --out
+    scored_now: int = 0
+    skipped: int = 0
+    summary: Summary | None = None
+
+    @property
+    def failed(self) -> list[PairResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def check_paths(source: str | Path, out: str | Path, extra: dict[str, str | Path | None] | None = None) -> None:
+    """Refuse an output file that is the input (or another output): results would be appended to it."""
+    src = Path(source).resolve()
+    manifest = src / "manifest.jsonl" if src.is_dir() else src
+    targets = {"--out": Path(out).resolve(), **{k: Path(v).resolve() for k, v in (extra or {}).items() if v}}
+    for name, target in targets.items():
+        if target == manifest or target == src:
+            raise InputError(name, f"{target} is the input manifest; results would be written into it.",
+                             "Give a different file, e.g. results.jsonl.")
+    seen: dict[Path, str] = {}
+    for name, target in targets.items():
+        if target in seen:
+            raise InputError(name, f"is the same file as {seen[target]} ({target}).", "Give each output its own file.")
+        seen[target] = name
+
+
+def run_batch(config: CharisConfig, source: str | Path, out: str | Path, *, workers: int = 1, resume: bool = True,
+              evaluator=None, progress: Callable[[int, int], None] | None = None) -> BatchOutcome:
+    """Score every item of ``source`` into the results file ``out``: resumable (items already scored
+    are skipped, failed ones retried), and split across processes when launched with accelerate /
+    torchrun (each writes ``<out>.partN``; rank 0 merges). ``progress(done, total)`` after each item
+    of this process. Returns the outcome (the full results on rank 0)."""
+    from .evaluator import Evaluator
+
+    out = Path(out)
+    check_paths(source, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    procs = processes(config)
+    if procs.rank == 0:
+        removed = clean_stale_temporaries(out.parent)
+        if removed:
+            log.info("removed %d half-written temporary file(s) left by an interrupted run", len(removed))
+        merge_parts(out)  # leftovers of an interrupted multi-process run
+        repair(out)
+        if not resume:
+            out.unlink(missing_ok=True)
+    procs.wait()
+
+    items = read_items(source)
+    done = done_ids(out) if resume else set()
+    todo = [it for it in items if it.id not in done]
+    mine = split(todo, procs.rank, procs.world)
+    target = out if procs.world == 1 else part_path(out, procs.rank)
+    if procs.rank == 0:
+        log.info("%d items, %d already scored, %d to score on %d process(es)", len(items), len(items) - len(todo),
+                 len(todo), procs.world)
+    ev = evaluator or Evaluator(config)
+    ev.judge  # noqa: B018 - a bad VLM setting fails here, before any scoring
+    n = 0
+    for r in ev.score_batch(mine, workers=max(1, workers)):
+        append_result(target, r)
+        n += 1
+        if progress:
+            progress(n, len(mine))
+    procs.wait()
+    outcome = BatchOutcome(out, scored_now=n, skipped=len(items) - len(todo))
+    if procs.rank != 0:
+        return outcome
+    if procs.world > 1:
+        merge_parts(out)
+    wanted = {it.id for it in items}
+    outcome.results = [r for r in read_results(out) if r.id in wanted]
+    outcome.summary = summarize(outcome.results, config.selected_axes())
+    return outcome
+
+
 # --------------------------------------------------------------------------------------------------
 # CSV
 
@@ -199,18 +329,25 @@ def axis_columns(results: list[PairResult]) -> list[str]:
     return [a for a in order if a in seen] + [a for a in seen if a not in order]
 
 
+def cell(text) -> str:
+    """A CSV text cell that no spreadsheet runs as a formula (a leading = + - @ tab or CR gets a ')."""
+    text = "" if text is None else str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def to_csv(results: list[PairResult]) -> str:
     cols = axis_columns(results)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["id", "reference", "generated", "prompt", "composite", "mode", "composite_axes", "missing_axes",
-                "passed", *cols, "error"])
+    w.writerow(["id", "reference", "generated", "prompt", "composite", "label", "mode", "composite_axes",
+                "missing_axes", "passed", *cols, "error"])
     for r in results:
         c = r.composite
-        w.writerow([r.id, r.reference or "", r.generated or "", r.prompt, _num(c.value if c else None),
+        w.writerow([cell(r.id), cell(r.reference), cell(r.generated), cell(r.prompt), _num(c.value if c else None),
+                    cell(c.label if c and c.value is not None else "CHARIS absent" if c else ""),
                     c.mode if c else "", " ".join(c.axes_used) if c else "", " ".join(c.axes_missing) if c else "",
                     "" if not c or c.passed is None else str(c.passed).lower(),
-                    *[_num(r.axes[a].value) if a in r.axes else "" for a in cols], r.error or ""])
+                    *[_num(r.axes[a].value) if a in r.axes else "" for a in cols], cell(r.error)])
     return buf.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""``charis``: score pairs from the command line.
+"""``charis``: score pairs from the command line (a thin shell over the library).
 
     charis pair REF.png GEN.png --prompt "the fox surfing" [--json out.json]
     charis batch pairs.jsonl|FOLDER --out results.jsonl [--html report.html] [--csv results.csv]
@@ -8,9 +8,10 @@ Models and the VLM come from ``--config charis.toml`` and/or flags (flags win). 
 only ever read from the environment variable named by ``--vlm-key-env`` (default OPENAI_API_KEY).
 ``batch`` is resumable (items already in --out are skipped, failed ones retried) and runs on several
 GPUs with ``accelerate launch --multi_gpu --num_processes N -m instruct_identity.charis.cli batch ...
---device auto`` (or on several CPU processes with ``torchrun --nproc_per_node N -m ...``): accelerate's
-``PartialState`` splits the items across processes, each writes its own part file, and the main
-process merges them into --out.
+--device auto`` (or on several CPU processes with ``torchrun --nproc_per_node N -m ...``): see
+:func:`instruct_identity.charis.batch.run_batch`.
+
+Results go to stdout (logger ``charis.out``), progress and problems to stderr.
 """
 
 from __future__ import annotations
@@ -21,23 +22,42 @@ import logging
 import sys
 from pathlib import Path
 
+from ..core.errors import InputError
+
 log = logging.getLogger("charis")
+out = logging.getLogger("charis.out")  # the command's results, on stdout
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("comfyui-instruct-identity")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charis", description="CHARIS: five-axis evaluation of reference-conditioned "
                                 "character generation (identity, prompt, colour, quality, diversity).")
+    p.add_argument("--version", action="version", version=f"charis (comfyui-instruct-identity) {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def models(sp):
         g = sp.add_argument_group("evaluator (overrides --config)")
         g.add_argument("--config", help="TOML or JSON config file")
         g.add_argument("--mode", choices=("benchmark", "filter"))
-        g.add_argument("--axes", help="comma-separated axes to compute "
+        g.add_argument("--axes", help="comma-separated axes to compute, and only those "
                                       "(default: identity,prompt,color,quality,diversity)")
+        g.add_argument("--allow-partial", action="store_true", default=None,
+                       help="when axes are missing, give a composite over the others, labelled 'partial CHARIS: <axes>'")
+        g.add_argument("--min-prompt", type=float, help="filter mode: also require prompt adherence >= this")
         g.add_argument("--dreambench", action="store_true", default=None,
                        help="also DreamBench++-style CP/PF (+ debiased)")
         g.add_argument("--device", help="cpu (default), cuda, or auto (batch: each accelerate process's own device)")
+        g.add_argument("--threads", type=int, help="torch CPU threads for this process (default: torch's choice; "
+                                                    "1 is often fastest for the colour axis on a busy CPU)")
         g.add_argument("--cache", dest="cache_dir", help="folder for the VLM answer cache")
         g.add_argument("--clip", help="open_clip model folder or weights file (CLIP score)")
         g.add_argument("--clip-arch", help="open_clip architecture of --clip when its file name does not say")
@@ -49,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--vlm", choices=("openai", "transformers", "none"), help="VLM backend")
         g.add_argument("--vlm-url", help="OpenAI-compatible base URL, e.g. http://localhost:11434/v1")
         g.add_argument("--vlm-model", help="model name on that server")
-        g.add_argument("--vlm-key-env", help="NAME of the environment variable holding the API key")
+        g.add_argument("--vlm-key-env", help="NAME of the environment variable holding the API key (never the key)")
         g.add_argument("--vlm-path", help="local transformers VLM folder")
         g.add_argument("--vlm-concurrency", type=int)
         g.add_argument("--vlm-timeout", type=float)
@@ -94,6 +114,7 @@ def config_from_args(args):
         "vlm": {"backend": args.vlm, "base_url": args.vlm_url, "model": args.vlm_model, "api_key_env": args.vlm_key_env,
                 "path": args.vlm_path, "concurrency": args.vlm_concurrency, "timeout": args.vlm_timeout,
                 "max_retries": args.vlm_retries},
+        "composite": {"allow_partial": args.allow_partial, "prompt_threshold": args.min_prompt},
     }
     if over["vlm"]["backend"] is None and (args.vlm_url or args.vlm_model):
         over["vlm"]["backend"] = "openai"
@@ -102,7 +123,35 @@ def config_from_args(args):
     return load_config(args.config, over)
 
 
-def _evaluator(args):
+def _setup(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))  # once, for this process, before any scoring
+
+
+def _summary(result) -> str:
+    def f(v):
+        return "missing" if v is None else f"{v:.3f}"
+
+    c = result.composite
+    head = f"{result.id}: " + (c.headline() if c else "CHARIS absent: the item was not scored")
+    if c and c.value is not None:
+        head += f" ({c.mode}; over {', '.join(c.axes_used)})"
+    if c and c.passed is not None:
+        head += " PASS" if c.passed else " REJECT (" + "; ".join(f"{k} {v}" for k, v in c.failed.items()) + ")"
+    lines = [head]
+    for name, a in result.axes.items():
+        lines.append(f"  {name:<24} {f(a.value)}" + (f"  ({a.missing})" if a.missing else ""))
+        if name == "identity" and a.details.get("contradiction"):
+            lines.append(f"    note: {a.details['consistency']['note']}")
+    if result.error:
+        lines.append(f"  error: {result.error}")
+    return "\n".join(lines)
+
+
+def cmd_pair(args) -> int:
+    from .batch import write_atomic
     from .evaluator import Evaluator
 
     config = config_from_args(args)
@@ -112,29 +161,9 @@ def _evaluator(args):
         config.device = "cuda" if torch.cuda.is_available() else "cpu"
     ev = Evaluator(config)
     ev.judge  # noqa: B018 - build the VLM client now, so a bad setting fails before any scoring
-    return ev
-
-
-def _summary(result) -> str:
-    def f(v):
-        return "missing" if v is None else f"{v:.3f}"
-
-    lines = [f"{result.id}: CHARIS {f(result.composite.value if result.composite else None)}"
-             + (f" over {', '.join(result.composite.axes_used)}" if result.composite else "")]
-    for name, a in result.axes.items():
-        lines.append(f"  {name:<24} {f(a.value)}" + (f"  ({a.missing})" if a.missing else ""))
-    if result.error:
-        lines.append(f"  error: {result.error}")
-    return "\n".join(lines)
-
-
-def cmd_pair(args) -> int:
-    ev = _evaluator(args)
     result = ev.score_pair(args.reference, args.generated, args.prompt)
-    print(_summary(result))
+    out.info("%s", _summary(result))
     if args.json:
-        from .batch import write_atomic
-
         write_atomic(Path(args.json), json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return 0 if result.ok else 1
 
@@ -142,71 +171,26 @@ def cmd_pair(args) -> int:
 def cmd_batch(args) -> int:
     from tqdm import tqdm
 
-    from .batch import (append_result, done_ids, merge_parts, part_path, read_items, read_results, repair, split)
+    from .batch import check_paths, run_batch
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_paths(args.input, args.out, {"--html": args.html, "--csv": args.csv})
     config = config_from_args(args)
-    rank, world, state = 0, 1, None
-    try:
-        from accelerate import PartialState
-
-        # "cpu": processes talk over gloo (start them with torchrun); otherwise accelerate's device per process
-        state = PartialState(cpu=config.device == "cpu")
-        rank, world = state.process_index, state.num_processes
-        if config.device in ("auto", "cuda") or (world > 1 and config.device != "cpu"):
-            config.device = str(state.device)
-    except Exception as e:  # noqa: BLE001 - accelerate missing or not launched: one process
-        log.debug("accelerate not used: %s", e)
-        if config.device == "auto":
-            config.device = "cpu"
-    if rank == 0:
-        merge_parts(out)  # leftovers of an interrupted multi-process run
-        repair(out)
-        if args.no_resume:
-            out.unlink(missing_ok=True)
-    if state is not None and world > 1:
-        state.wait_for_everyone()
-
-    items = read_items(args.input)
-    done = set() if args.no_resume else done_ids(out)
-    todo = [it for it in items if it.id not in done]
-    mine = split(todo, rank, world)
-    target = out if world == 1 else part_path(out, rank)
-    if rank == 0:
-        log.info("%d items, %d already scored, %d to score on %d process(es)", len(items), len(items) - len(todo),
-                 len(todo), world)
-    from .evaluator import Evaluator
-
-    ev = Evaluator(config)
-    ev.judge  # noqa: B018 - a bad VLM setting fails here, before any scoring
-    failed = []
-    with tqdm(total=len(mine), desc=f"CHARIS[{rank}]" if world > 1 else "CHARIS", unit="pair",
-              disable=None, file=sys.stderr) as bar:
-        for r in ev.score_batch(mine, workers=max(1, args.workers)):
-            append_result(target, r)
-            if not r.ok:
-                failed.append(r)
+    with tqdm(unit="pair", desc="CHARIS", disable=None, file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
             bar.update(1)
-    if state is not None and world > 1:
-        state.wait_for_everyone()
-    if rank != 0:
+
+        outcome = run_batch(config, args.input, args.out, workers=args.workers, resume=not args.no_resume,
+                            progress=progress)
+    if outcome.summary is None:  # not the main process
         return 0
-    if world > 1:
-        merge_parts(out)
-    results = read_results(out)
-    wanted = {it.id for it in items}
-    results = [r for r in results if r.id in wanted]
-    failed = [r for r in results if not r.ok]
-    _write_outputs(results, args.html, args.csv, "CHARIS report")
-    scored = [r for r in results if r.ok and r.composite and r.composite.value is not None]
-    mean = sum(r.composite.value for r in scored) / len(scored) if scored else None
-    print(f"{len(results)} results in {out}; mean CHARIS "
-          f"{'n/a' if mean is None else f'{mean:.4f}'} over {len(scored)} scored")
-    if failed:
-        print(f"{len(failed)} item(s) failed and were skipped:")
-        for r in failed:
-            print(f"  {r.id}: {r.error}")
+    _write_outputs(outcome.results, args.html, args.csv, "CHARIS report")
+    out.info("%d results in %s", len(outcome.results), outcome.out)
+    out.info("%s", outcome.summary.text())
+    if outcome.failed:
+        out.info("%d item(s) failed and were skipped:", len(outcome.failed))
+        for r in outcome.failed:
+            out.info("  %s: %s", r.id, r.error)
     return 0
 
 
@@ -216,10 +200,10 @@ def _write_outputs(results, html_path, csv_path, title) -> None:
 
     if html_path:
         write_atomic(Path(html_path), render(results, title))
-        print(f"report: {html_path}")
+        out.info("report: %s", html_path)
     if csv_path:
         write_atomic(Path(csv_path), to_csv(results))
-        print(f"csv: {csv_path}")
+        out.info("csv: %s", csv_path)
 
 
 def cmd_report(args) -> int:
@@ -227,23 +211,32 @@ def cmd_report(args) -> int:
 
     results = read_results(Path(args.results))
     if not results:
-        print(f"{args.results}: no results", file=sys.stderr)
-        return 1
+        raise InputError("results", f"{args.results} holds no results.", "Run `charis batch` first.")
     if not (args.html or args.csv):
-        print("nothing to do: give --html and/or --csv", file=sys.stderr)
-        return 2
+        raise InputError("--html/--csv", "nothing to do.", "Give --html and/or --csv.")
     _write_outputs(results, args.html, args.csv, args.title)
     return 0
 
 
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    out.handlers.clear()
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    out.addHandler(handler)
+    out.setLevel(logging.INFO)
+    out.propagate = False
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _logging(getattr(args, "verbose", False))
     try:
+        _setup(args)
         return {"pair": cmd_pair, "batch": cmd_batch, "report": cmd_report}[args.command](args)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
-        print(f"charis: {e}", file=sys.stderr)
+    except (InputError, FileNotFoundError, KeyError, ImportError, ValueError) as e:
+        log.error("charis: %s", str(e).strip("'\""))
         return 2
 
 

@@ -83,7 +83,9 @@ class PairResult:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, default=_jsonable)
+        """One line of ASCII JSON: every non-ASCII character escaped, so no line separator other than
+        ``\n`` (U+2028, U+0085, ...) can ever appear raw in a results file."""
+        return json.dumps(self.to_dict(), ensure_ascii=True, allow_nan=False, default=_jsonable)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PairResult":

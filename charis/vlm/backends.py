@@ -20,17 +20,22 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from ...core.errors import InputError
 from ..images import data_url
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: Hosted APIs that never answer without a key: an unset key variable is an error there, not a warning.
+KEY_REQUIRED_HOSTS = {"api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", "api.mistral.ai",
+                      "api.together.xyz", "openrouter.ai", "api.groq.com", "api.deepinfra.com", "api.fireworks.ai"}
 
 
 class VLMError(RuntimeError):
@@ -55,9 +60,24 @@ class HttpSettings:
 
 class OpenAICompatibleBackend:
     def __init__(self, settings: HttpSettings):
+        from ..config import check_key_env
+
         if not settings.base_url or not settings.model:
-            raise ValueError("the OpenAI-compatible VLM needs a base URL and a model name")
+            raise InputError("vlm.base_url / vlm.model (--vlm-url / --vlm-model)",
+                             "the OpenAI-compatible VLM needs a base URL and a model name.",
+                             "Give both, e.g. --vlm-url http://localhost:11434/v1 --vlm-model qwen2.5vl:7b.")
+        check_key_env(settings.api_key_env)
         self.settings = settings
+        if settings.api_key_env and not os.environ.get(settings.api_key_env):
+            host = urllib.parse.urlsplit(settings.base_url).hostname or ""
+            if host in KEY_REQUIRED_HOSTS:
+                raise InputError("vlm.api_key_env (--vlm-key-env)",
+                                 f"the environment variable {settings.api_key_env} is not set, and {host} needs a key.",
+                                 f"export {settings.api_key_env}=... before running (or name the variable that "
+                                 "holds it).")
+            log.warning("VLM: the environment variable %s is not set, so requests to %s go without an API key "
+                        "(fine for a local Ollama / vLLM / LM Studio; set it for a hosted API)",
+                        settings.api_key_env, settings.base_url)
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
         self.id = f"openai:{settings.base_url.rstrip('/')}:{settings.model}"
         self._slots = threading.BoundedSemaphore(max(1, int(settings.concurrency)))

@@ -1,25 +1,36 @@
 """On-disk cache of validated VLM answers, keyed by (backend, task, prompt text, image hashes).
 
-One small JSON file per answer under ``<root>/<key[:2]>/<key>.json``, written atomically (temp
-file + ``os.replace``), so concurrent workers and interrupted runs never leave a torn entry. Only
-validated answers are stored; failures are always asked again.
+One small JSON file per answer under ``<root>/<key[:2]>/<key>.json``, written atomically by the
+pack's one atomic write (:mod:`instruct_identity.core.files`), so concurrent workers and interrupted
+runs never leave a torn entry; temporary files a killed run left behind are removed when the cache
+is next opened. Only validated answers are stored (the judge re-checks what it reads, too); failures
+are always asked again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import logging
 import time
 from pathlib import Path
 
+from ...core.files import atomic_write_text, clean_stale_temporaries
+
+log = logging.getLogger(__name__)
+
 
 class AnswerCache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, stale_after_s: float = 3600.0):
         self.root = Path(root)
         self.hits = 0
         self.misses = 0
+        removed = 0
+        if self.root.is_dir():
+            for sub in [self.root, *(p for p in self.root.iterdir() if p.is_dir())]:
+                removed += len(clean_stale_temporaries(sub, stale_after_s))
+        if removed:
+            log.info("VLM cache %s: removed %d half-written temporary file(s)", self.root, removed)
 
     @staticmethod
     def key(backend_id: str, task: str, prompt: str, image_hashes: list[str]) -> str:
@@ -42,14 +53,5 @@ class AnswerCache:
         return record
 
     def put(self, key: str, record: dict) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {**record, "created": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path(key), json.dumps({**record, "created": time.time()}, ensure_ascii=False),
+                          fsync=False)

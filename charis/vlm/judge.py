@@ -4,6 +4,7 @@ its reason instead of inventing one."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from ..images import Picture
 from .backends import VLMError
 from .cache import AnswerCache
-from .parse import parse_answer
+from .parse import parse_answer, valid_answer
 from .prompts import RETRY_HINT, SYSTEM, TASKS, render
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,11 @@ class Judge:
         if self.cache is not None:
             key = AnswerCache.key(self.id, task, prompt, [p.hash for p in shown])
             hit = self.cache.get(key)
-            if hit is not None:
-                return Answer(task, hit["answer"], cached=True, raw=hit.get("raw"))
+            if hit is not None and valid_answer(task, hit["answer"]):
+                value = json.loads(self._redact(json.dumps(hit["answer"])))  # entries of older versions, too
+                return Answer(task, value, cached=True, raw=self._redact(hit.get("raw") or "") or None)
+            if hit is not None:  # written by an older, laxer version: asked again, then overwritten
+                log.info("VLM cache: stored %s answer no longer valid; asking again", task)
         images = [p.pil() for p in shown]
         answer = Answer(task, None)
         text = prompt
@@ -76,9 +80,10 @@ class Judge:
                 answer.calls += 1
                 with self._lock:
                     self.calls += 1
+            reply = self._redact(reply)  # an answer that echoes the key never reaches a result, report or cache
             value, problem = parse_answer(task, reply)
             if value is not None:
-                answer.value, answer.raw = value, self._redact(reply)[:4000]
+                answer.value, answer.raw = value, reply[:4000]
                 if self.cache is not None:
                     self.cache.put(key, {"task": task, "backend": self.id, "answer": value, "raw": answer.raw})
                 return answer

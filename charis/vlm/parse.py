@@ -19,7 +19,7 @@ MAX_TEXT = 400  # characters kept of any free-text field
 MAX_ITEMS = 40
 MAX_STARTS = 64  # opening brackets tried per candidate text
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-_SCORE_LINE = re.compile(r"(?i)\bscore\b\s*(?:is|=|:)?\s*\**\s*([0-4](?:\.\d+)?)(?:\s*/\s*4)?\b")
+_SCORE_LINE = re.compile(r"(?i)\bscore\b\s*(?:is|=|:)?\s*\**\s*(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
@@ -91,6 +91,31 @@ def _balanced(text: str, start: int) -> str | None:
     return None
 
 
+def _score_line(m: re.Match) -> tuple[dict | None, str | None]:
+    """A ``Score: N`` (or ``N/4``) line: N must be a 0..4 rating; another scale ("3/10") or a value out of
+    range ("4.5") is a malformed answer, asked again rather than rescaled or clipped."""
+    value, scale = float(m.group(1)), m.group(2)
+    if scale is not None and float(scale) != 4.0:
+        return None, f"the score is given out of {scale}, not on the 0-4 scale"
+    if not 0.0 <= value <= 4.0:
+        return None, f"the score {m.group(1)} is outside 0-4"
+    return {"score": value}, None
+
+
+def valid_answer(task: str, value) -> bool:
+    """Whether a stored answer still satisfies the task's shape (cache entries are re-checked)."""
+    if not isinstance(value, dict) or task not in TASKS:
+        return False
+    kind = TASKS[task].kind
+    if kind in ("score", "verdicts") and as_score(value.get("score")) is None:
+        return False
+    if kind == "verdicts" and not isinstance(value.get("verdicts"), list):
+        return False
+    if kind == "attributes" and not (isinstance(value.get("attributes"), list) and value["attributes"]):
+        return False
+    return True
+
+
 def as_score(v) -> float | None:
     """A 0..4 rating from a number or a numeric string ("3", "3.5", "3/4"); None if it is not one."""
     if isinstance(v, bool) or v is None:
@@ -134,7 +159,7 @@ def parse_answer(task: str, text) -> tuple[dict | None, str | None]:
         if obj is None:
             m = _SCORE_LINE.search(text) if isinstance(text, str) else None
             if m:
-                return {"score": float(m.group(1))}, None
+                return _score_line(m)
             return None, "no JSON object and no 'Score: N' line in the reply"
         score = _score_from(obj)
         if score is None:
