@@ -4,8 +4,9 @@ It answers /v1/chat/completions by recognising which CHARIS task the prompt is, 
 to misbehave: ``server.script = ["429", "ok"]`` makes the next request get a 429 and the one after a
 normal answer. Behaviours: ok, 429, 500, 401, timeout (sleeps past the client's timeout),
 badjson (HTTP body not JSON), malformed (valid completion whose text is not usable JSON), echo
-(error body that echoes the Authorization header back). Every request's headers and body are kept
-in ``server.requests``.
+(error body that echoes the Authorization header back), echo_ok (a usable answer whose reason
+quotes the Authorization header), ``reply:<text>`` (a completion whose text is exactly <text>). Every
+request's headers and body are kept in ``server.requests``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ class FakeVLM:
                 else:
                     text = _prompt_text(body)
                     content = "I think it looks nice!" if behaviour == "malformed" else answer_for(text, server.scores)
+                    if behaviour.startswith("reply:"):
+                        content = behaviour[len("reply:"):]
+                    elif behaviour == "echo_ok":
+                        answer = json.loads(content) if content.lstrip().startswith("{") else {"score": 3}
+                        answer["reason"] = f"your header was {self.headers.get('Authorization')}"
+                        content = json.dumps(answer)
                     payload = json.dumps({"id": "x", "object": "chat.completion", "choices": [
                         {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}).encode()
                 self.send_response(200)
