@@ -1,0 +1,92 @@
+"""The identity sampling recipe, written once: reference latent -> patched model -> ComfyUI's sampler.
+
+The Reference node (``nodes/reference.py``) takes :func:`identity_inputs` and hands its parts to
+whatever sampler node the user wires; the trainer's previews, the toy replication and the benchmarks
+call :func:`sample_identity`, which runs ComfyUI's own ``comfy.sample.sample`` on the same parts. So
+every picture this pack makes goes through one path: the clean reference in the right half of every
+model input (``engine.patch``), the target half sampled under a noise mask (``core.layout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core import layout
+from .patch import patch_model
+
+
+@dataclass
+class IdentityInputs:
+    """What a sampler needs: the patched model, the H x 2W start latent and the target-half mask."""
+
+    model: object              # ModelPatcher clone carrying the reference patch
+    latent: torch.Tensor       # [B, C, h, 2w]: zeros on the target half, the reference on the right
+    noise_mask: torch.Tensor   # [1, 1, h, 2w]: 1 on the target half (what gets sampled)
+    reference: torch.Tensor    # [R, C, h, w] the clean reference latent (VAE space)
+
+    @property
+    def layout(self) -> layout.Layout:
+        return layout.Layout.of(self.latent)
+
+    def as_latent_dict(self) -> dict:
+        """ComfyUI's LATENT for a sampler node."""
+        return {"samples": self.latent, "noise_mask": self.noise_mask}
+
+
+def identity_inputs(model, reference_latent: torch.Tensor, batch: int | None = None,
+                    reference_attention: str | None = None) -> IdentityInputs:
+    """Patch ``model`` with ``reference_latent`` (``[R, C, h, w]``, VAE space) and lay out a grid of
+    ``batch`` samples (default: one per reference). ``reference_attention``: ``joint``, ``one_way``, or
+    None for the mode ``model`` is tagged with (``engine.oneway.mode_of``; untagged: joint)."""
+    ref = reference_latent.detach()
+    batch = ref.shape[0] if batch is None else int(batch)
+    lay = layout.Layout(ref.shape[-2], ref.shape[-1])
+    start = layout.concat(torch.zeros((batch,) + tuple(ref.shape[1:]), dtype=ref.dtype, device=ref.device), ref)
+    return IdentityInputs(patch_model(model, ref, reference_attention), start, layout.target_mask(lay), ref)
+
+
+def conditioning(cond: torch.Tensor, pooled: torch.Tensor | None = None, guidance: float | None = None) -> list:
+    """A ComfyUI CONDITIONING from text-encoder outputs (``[T, D]`` or a batch ``[B, T, D]``)."""
+    cond = cond if cond.ndim == 3 else cond.unsqueeze(0)
+    extra: dict = {}
+    if pooled is not None:
+        extra["pooled_output"] = pooled if pooled.ndim == 2 else pooled.unsqueeze(0)
+    if guidance is not None:
+        extra["guidance"] = float(guidance)
+    return [[cond, extra]]
+
+
+def _sample(model, latent, positive, negative, *, seed, steps, cfg, sampler, scheduler, noise_mask=None, noise=None):
+    import comfy.sample
+
+    if noise is None:
+        noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent, denoise=1.0,
+                               noise_mask=noise_mask, disable_pbar=True, seed=seed)
+
+
+@torch.no_grad()
+def sample_identity(model, reference_latent: torch.Tensor, positive, negative, *, seed: int, steps: int,
+                    cfg: float = 1.0, sampler: str = "euler", scheduler: str = "simple", batch: int | None = None,
+                    noise: torch.Tensor | None = None, reference_attention: str | None = None) -> torch.Tensor:
+    """Generate targets for ``reference_latent``: the sampled H x 2W grid (VAE space).
+
+    The reference half of the result is the reference itself; :func:`core.layout.split` takes the
+    target out. ``reference_attention`` as in :func:`identity_inputs`: a model trained by
+    ``training.trainer.train`` (its ``Components.model``) or loaded with ``engine.oneway.apply_lora_file``
+    carries its mode, so None samples it the way it was trained."""
+    inputs = identity_inputs(model, reference_latent, batch, reference_attention)
+    return _sample(inputs.model, inputs.latent, positive, negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                   scheduler=scheduler, noise_mask=inputs.noise_mask, noise=noise)
+
+
+@torch.no_grad()
+def sample_text_to_image(model, latent_shape: tuple[int, ...], positive, negative, *, seed: int, steps: int,
+                         cfg: float = 1.0, sampler: str = "euler", scheduler: str = "simple",
+                         noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain text-to-image (no reference, no patch) from an empty latent of ``latent_shape``."""
+    latent = torch.zeros(latent_shape)
+    return _sample(model, latent, positive, negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                   scheduler=scheduler, noise=noise)
