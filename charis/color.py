@@ -11,14 +11,18 @@
    the subject and every generated region to the reference region it overlaps most (colour only
    breaks near-ties, weight ``color_weight`` = 0.1 against an affinity in [0, 1]);
 3. **lost and added parts cost their area**: a reference region with no counterpart (its name absent
-   from the generated image, or no generated region overlapping it by ``min_affinity``) scores 0 over
-   its area; so does a generated region with no counterpart when it covers at least ``min_extra``
-   (5 %) of the generated subject (smaller ones are ignored as segmentation noise);
+   from the generated image, or no generated region overlapping it by ``min_affinity``) is a lost
+   part, a generated region with no counterpart covering at least ``min_extra`` (5 %) of the
+   generated subject an added one (smaller ones are ignored as segmentation noise). They score 0 over
+   their area, on both sides: with ``L`` the lost share of the reference subject and ``X`` the added
+   share of the generated one, the two sides below are scaled by ``(1 - X)`` and ``(1 - L)``, so
+   losing a part costs as much as the part's area (no less than recolouring it);
 4. each corresponding pair is compared by mean colour in RGB, HSV and CIELAB: distance
    ``delta = ||mu(r1) - mu(r2)||`` in each space, similarity ``S = 1 / (1 + (delta / scale)**2)``;
-5. the score is ``1/2 * (sum_i a_i S_i + sum_j b_j S_j)``: the area-weighted mean similarity seen
-   from the reference's regions (areas ``a_i``) and from the generated image's regions (``b_j``),
-   each averaged over the three spaces -- our reading of the paper's ``1 / (2 |M| |Omega|)``.
+5. the score is ``1/2 * ((1 - X) sum_i a_i S_i + (1 - L) sum_j b_j S_j)`` over the matched regions:
+   the area-weighted mean similarity seen from the reference's regions (areas ``a_i``) and from the
+   generated image's regions (``b_j``), each averaged over the three spaces -- our reading of the
+   paper's ``1 / (2 |M| |Omega|)``.
 
 Colour spaces (all from kornia): RGB in 0..1; HSV with the hue as an angle, averaged circularly
 (``atan2`` of the mean sine and cosine, over the pixels with saturation >= ``min_saturation`` only,
@@ -320,9 +324,12 @@ def color_score_regions(ref: list[RegionInfo], gen: list[RegionInfo], scales: Co
         m.weight = m.weight / (ref_total if m.direction == "ref->gen" else gen_total)
         for k in spaces:
             sides[m.direction][k] += m.weight * ps["similarity"][k]
-    # lost and added parts contribute their area with similarity 0: nothing to add to the sums
-    per_space = {k: (sides["ref->gen"][k] + sides["gen->ref"][k]) / 2.0 for k in spaces}
+    # lost and added parts score 0 over their area, seen from both sides: the reference's side loses the
+    # lost parts (nothing added to its sum) and is scaled by the share of the generated subject that is
+    # not an added part; the generated side the other way round
+    lost = sum(ref[i].area for i in cor.missing) / ref_total
+    added = sum(gen[j].area for j in cor.extra) / gen_total
+    per_space = {k: (sides["ref->gen"][k] * (1.0 - added) + sides["gen->ref"][k] * (1.0 - lost)) / 2.0
+                 for k in spaces}
     value = sum(per_space.values()) / 3.0
-    return ColorResult(value, cor.matches, cor.orientation, None, per_space, cor.missing, cor.extra,
-                       sum(ref[i].area for i in cor.missing) / ref_total,
-                       sum(gen[j].area for j in cor.extra) / gen_total)
+    return ColorResult(value, cor.matches, cor.orientation, None, per_space, cor.missing, cor.extra, lost, added)

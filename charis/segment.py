@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import kornia
@@ -44,6 +46,7 @@ class Segmentation:
     backend: str
     notes: list[str] = field(default_factory=list)
     core: torch.Tensor | None = None  # [H, W] bool: pixels away from edges, whose colour is trusted for stats
+    _described: dict = field(default_factory=dict, repr=False, compare=False)
 
     def describe(self, scales: ColorScales = DEFAULT_SCALES, grid: int = 12) -> list[RegionInfo]:
         """Colours, area shares and occupancy maps of the regions (what matching needs).
@@ -52,6 +55,11 @@ class Segmentation:
         edges, where neighbouring colours blend) and trimmed: the fifth of them farthest from the
         region's median colour are left out (:func:`trimmed`), so a few stray pixels (a small
         detail folded into a larger region, anti-aliasing) do not drag its mean."""
+        if (scales, grid) not in self._described:
+            self._described[(scales, grid)] = self._describe(scales, grid)
+        return self._described[(scales, grid)]
+
+    def _describe(self, scales: ColorScales, grid: int) -> list[RegionInfo]:
         subject = self.subject
         ys, xs = torch.nonzero(subject, as_tuple=True)
         if ys.numel() == 0:
@@ -276,8 +284,25 @@ class ClusterSegmenter:
     edge_threshold: float = 0.1  # pixels differing more than this from a neighbour are edges / blends
     name: str = "cluster"
 
+    memo: int = 16  # segmentations kept (by picture hash): a reference scored against many generations is cut once
+
+    def __post_init__(self):
+        self._memo: OrderedDict[str, Segmentation] = OrderedDict()
+        self._lock = threading.Lock()
+
     def __call__(self, picture: Picture, queries=None) -> Segmentation:
-        return self._segment(picture)
+        """The segmentation of ``picture`` (the same object for the same pixels: treat it as read-only)."""
+        key = picture.hash
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+        seg = self._segment(picture)
+        with self._lock:
+            self._memo[key] = seg
+            while len(self._memo) > self.memo:
+                self._memo.popitem(last=False)
+        return seg
 
     def _segment(self, picture: Picture) -> Segmentation:
         rgb = resize_max(picture.rgb.float(), self.work_size)

@@ -4,6 +4,7 @@ parts whose regions carry the query as label and are matched by label. Falls bac
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -83,8 +84,8 @@ class GroundedSamSegmenter:
         found = self.detect(picture, qs) if qs else []
         if not found:
             seg = self.fallback(picture)
-            seg.notes.append("GroundingDINO found none of the queried parts; used the weight-free segmenter")
-            seg.backend = f"{self.name}->cluster"
+            seg = replace(seg, backend=f"{self.name}->cluster", notes=seg.notes + [
+                "GroundingDINO found none of the queried parts; used the weight-free segmenter"])
             return seg
         masks = self.masks(picture, [b for _, _, b in found])
         rgb = resize_max(picture.rgb.float(), self.work_size)
@@ -99,8 +100,8 @@ class GroundedSamSegmenter:
             regions.append(Region(mask=own, label=q, score=score))
         if not regions:
             seg = self.fallback(picture)
-            seg.notes.append("SAM returned empty masks; used the weight-free segmenter")
-            seg.backend = f"{self.name}->cluster"
+            seg = replace(seg, backend=f"{self.name}->cluster", notes=seg.notes + [
+                "SAM returned empty masks; used the weight-free segmenter"])
             return seg
         return Segmentation(rgb=rgb, subject=taken, regions=regions, backend=self.name,
                             notes=[f"parts found: {', '.join(r.label for r in regions)}"])

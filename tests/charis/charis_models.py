@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -218,23 +218,6 @@ def _pieces(answer: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Synthetic pictures
+# Synthetic pictures (in the package: the benchmark draws them too)
 
-
-def character(size: int = 256, background=(255, 255, 255), dx: int = 0, dy: int = 0, scale: float = 1.0) -> Image.Image:
-    """A flat-colour character: red head, blue body, yellow and green legs, dark eyes (asymmetric colours)."""
-    img = Image.new("RGB", (size, size), tuple(background))
-    d = ImageDraw.Draw(img)
-    s = size / 256 * scale
-    cx, top = size // 2 + dx, int(size * 0.5 - 110 * s) + dy
-
-    def box(x0, y0, x1, y1):
-        return [cx + x0 * s, top + y0 * s, cx + x1 * s, top + y1 * s]
-
-    d.ellipse(box(-40, 0, 40, 80), fill=(200, 60, 40))
-    d.ellipse(box(-22, 28, -10, 40), fill=(30, 30, 40))
-    d.ellipse(box(10, 28, 22, 40), fill=(30, 30, 40))
-    d.rectangle(box(-50, 80, 50, 160), fill=(40, 90, 200))
-    d.rectangle(box(-45, 160, -10, 210), fill=(240, 200, 40))
-    d.rectangle(box(10, 160, 45, 210), fill=(30, 160, 80))
-    return img
+from instruct_identity.charis.testing import character  # noqa: E402,F401

@@ -238,3 +238,106 @@ def test_metric_class_and_factory():
     assert m(ref, hue_shift(ref, 30)).value == pytest.approx(score(ref, hue_shift(ref, 30)))
     with pytest.raises(KeyError, match="color"):
         create_metric("colour")
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 13: known answers in their expected order, lost and added parts, one correspondence rule
+
+
+def with_leg(fill, background=(255, 255, 255)) -> Image.Image:
+    """The character with its right (green) leg painted ``fill``."""
+    from PIL import ImageDraw
+
+    img = character(background=background)
+    ImageDraw.Draw(img).rectangle([128 + 10, 18 + 160, 128 + 45, 18 + 210], fill=fill)
+    return img
+
+
+@pytest.mark.parametrize("kind", list(SUBJECTS))
+def test_known_answers_come_in_the_expected_order(kind):
+    """Same character moved, mirrored or on a new background ~ 1; one part recoloured or removed costs
+    about that part's area (~11 % of the subject); every part recoloured (a 90 deg hue shift) costs most."""
+    look = (lambda im: im) if kind == "flat" else (lambda im: photo_like(im, seed=1))
+    ref = from_pil(look(character()))
+    scores = {
+        "moved subject": score(ref, from_pil(look(character(dx=40, dy=10)))),
+        "mirrored pose": score(ref, Picture(ref.rgb.flip(-1))),
+        "changed background": score(ref, from_pil(look(character(background=(90, 90, 110))))),
+        "recoloured part": score(ref, from_pil(look(with_leg((150, 40, 160))))),
+        "removed part": score(ref, from_pil(look(with_leg((255, 255, 255))))),
+        "hue-shifted whole": score(ref, hue_shift(ref, 90)),
+    }
+    for same in ("moved subject", "mirrored pose", "changed background"):
+        assert scores[same] > 0.95, scores
+    for part in ("recoloured part", "removed part"):
+        assert 0.8 < scores[part] < 0.93, scores  # about 1 - the leg's share of the subject
+    assert scores["removed part"] < scores["recoloured part"] + 0.02, scores  # losing a part: no cheaper
+    assert scores["hue-shifted whole"] < 0.3, scores
+
+
+class LabelledSegmenter:
+    """Named parts of given areas and colours (what GroundingDINO + SAM would return)."""
+
+    def __init__(self, parts_by_source):
+        self.parts_by_source = parts_by_source
+
+    def __call__(self, picture, queries=None):
+        from instruct_identity.charis.segment import Region, Segmentation
+
+        parts = self.parts_by_source[picture.source]
+        h = 100
+        rgb = torch.zeros(3, h, 100)
+        subject = torch.zeros(h, 100, dtype=torch.bool)
+        regions, row = [], 0
+        for label, rows, colour in parts:
+            mask = torch.zeros(h, 100, dtype=torch.bool)
+            mask[row:row + rows] = True
+            rgb[:, row:row + rows] = torch.tensor(colour, dtype=torch.float32)[:, None, None]
+            subject |= mask
+            regions.append(Region(mask=mask, label=label))
+            row += rows
+        return Segmentation(rgb=rgb, subject=subject, regions=regions, backend="labelled")
+
+
+def test_a_lost_labelled_part_costs_its_area_and_a_large_added_one_too():
+    red, blue, gold, grey = (0.8, 0.1, 0.1), (0.1, 0.2, 0.8), (0.9, 0.8, 0.1), (0.5, 0.5, 0.5)
+    seg = LabelledSegmenter({
+        "ref": [("hat", 20, gold), ("hair", 30, red), ("jacket", 50, blue)],
+        "no hat": [("hair", 40, red), ("jacket", 60, blue)],
+        "cape": [("hat", 16, gold), ("hair", 24, red), ("jacket", 40, blue), ("cape", 20, grey)],
+        "speck": [("hat", 20, gold), ("hair", 29, red), ("jacket", 49, blue), ("speck", 2, grey)],
+    })
+    pic = {name: Picture(torch.zeros(3, 100, 100), source=name) for name in ("ref", "no hat", "cape", "speck")}
+    lost = scoring.color(pic["ref"], pic["no hat"], seg)
+    assert lost.value == pytest.approx(0.8, abs=1e-6)  # the hat was 20 % of the subject (it used to cost 0)
+    assert lost.details["lost_area"] == pytest.approx(0.2) and lost.details["correspondence"] == "labels"
+    assert lost.details["reference_regions"][0]["unmatched"] is True
+    added = scoring.color(pic["ref"], pic["cape"], seg)
+    assert added.value == pytest.approx(0.8, abs=1e-6) and added.details["added_area"] == pytest.approx(0.2)
+    assert scoring.color(pic["ref"], pic["speck"], seg).value == pytest.approx(1.0)  # 2 %: noise, ignored
+
+
+def test_the_correspondence_is_decided_before_colours_are_compared(monkeypatch):
+    """One rule, chosen from names and silhouettes: the score never takes the better of two."""
+    from instruct_identity.charis import color as color_mod
+
+    calls = []
+    real = color_mod.color_score_regions
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(scoring, "color_score_regions", spy)
+    ref = from_pil(character())
+    for gen in (hue_shift(ref, 40), from_pil(character(dx=30)), from_pil(character(scale=0.6).rotate(90))):
+        calls.clear()
+        res = scoring.color(ref, gen, SEG)
+        assert len(calls) == 1 and res.details["correspondence"] in ("carried", "geometry")
+
+
+def test_docstring_states_the_similarity_the_code_computes():
+    from instruct_identity.charis import color as color_mod
+
+    assert "1 / (1 + (delta / scale)**2)" in color_mod.__doc__ and "exp(" not in color_mod.__doc__
+    assert similarity(0.2, 0.2) == pytest.approx(1 / (1 + 1)) and similarity(0.4, 0.2) == pytest.approx(1 / 5)
