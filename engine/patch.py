@@ -17,6 +17,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ..core import layout
 from ..core.errors import InputError
+from . import oneway
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +117,29 @@ class ReferencePatch:
         return out
 
 
-def patch_model(model, reference_latent: torch.Tensor):
+def patch_model(model, reference_latent: torch.Tensor, reference_attention: str | None = None):
     """A clone of ``model`` that keeps ``reference_latent`` clean in the right half of every model input.
 
     Registered under one key with ``add_wrapper_with_key``: wrappers of other packs stay in place,
     and applying our node twice replaces our own wrapper instead of stacking it.
+    ``reference_attention``: ``joint`` (the paper's), ``one_way`` (``engine.oneway``: the reference's
+    keys and values computed once, the model run on the target half), or None for the mode the
+    model was tagged with (``engine.oneway.mode_of``: the trainer and the LoRA loader tag it).
     """
+    mode = oneway.mode_of(model) if reference_attention is None else oneway.check_mode(reference_attention)
     m = model.clone()
     holder = ReferencePatch(reference_latent)
     for kind, fn in ((WrappersMP.APPLY_MODEL, holder.apply_model), (WrappersMP.OUTER_SAMPLE, holder.outer_sample)):
         m.remove_wrappers_with_key(kind, PATCH_KEY)
         m.add_wrapper_with_key(kind, PATCH_KEY, fn)
+    oneway.uninstall(m)   # a model patched one-way before (our node applied twice): back to joint
+    if mode == oneway.ONE_WAY:
+        info = model_info(model)
+        if info.in_channels != info.latent_channels:
+            raise InputError("reference_attention", f"one_way needs a model whose only input is the latent; this one "
+                             f"takes {info.in_channels} channels per latent pixel (FLUX.1 Fill/Canny/Depth).",
+                             "Use FLUX.1 dev/schnell or FLUX.2 with a one-way LoRA, or joint attention.")
+        oneway.install(m, reference_latent)
     return m
 
 

@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..core import images, layout
 from ..core.errors import InputError
+from ..engine import oneway
 from ..engine.patch import ROUTE_FILL, ROUTE_LORA, ROUTES, model_info
 from ..engine.sampling import identity_inputs
 from . import CATEGORY
@@ -19,6 +20,12 @@ from . import CATEGORY
 log = logging.getLogger(__name__)
 
 ROUTE_AUTO = "auto"
+ROUTE_LORA_ONE_WAY = "lora_one_way"   # the lora route with one-way reference attention (engine/oneway.py)
+ROUTE_CHOICES = [ROUTE_AUTO, ROUTE_LORA, ROUTE_LORA_ONE_WAY, ROUTE_FILL]
+ROUTE_TOOLTIP = ("auto: fill for FLUX.1 Fill models; otherwise lora, one-way if the model carries a one-way LoRA "
+                 "(loaded with Instruct Identity Load LoRA). lora: the paper's joint attention (the reference is "
+                 "recomputed at every step, ~2x the cost). lora_one_way: for LoRAs trained with reference_attention "
+                 "= one_way: the reference is computed once and reused (~1.05-1.2x the cost of plain text-to-image).")
 MAX_SIDE = 8192
 
 
@@ -33,10 +40,13 @@ class PreparedReference:
     height: int
     preview: torch.Tensor  # the diptych as it will be sampled: [placeholder target | reference]
     notes: list[str] = field(default_factory=list)
+    attention: str = oneway.JOINT
 
     @property
     def info(self) -> str:
-        head = (f"route: {self.route} ({'reference in the model input' if self.route == ROUTE_LORA else 'FLUX Fill diptych'}), "
+        how = ("FLUX Fill diptych" if self.route == ROUTE_FILL else "reference in the model input" if
+               self.attention == oneway.JOINT else "one-way reference attention: the reference is computed once and reused")
+        head = (f"route: {self.route} ({how}), "
                 f"target {self.width}x{self.height} px, grid {2 * self.width}x{self.height} px, batch {self.latent['samples'].shape[0]}")
         return "\n".join([head, *self.notes])
 
@@ -91,10 +101,16 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
         raise InputError("positive", "no prompt conditioning is connected.", "Connect a CLIP Text Encode with your prompt.")
     if image is None:
         raise InputError("reference", "no reference image is connected.", "Connect a Load Image with the character.")
+    attention = None  # the mode the model is tagged with (Instruct Identity Load LoRA), else joint
     if route == ROUTE_AUTO:
         route = info.auto_route
+    elif route in (ROUTE_LORA, ROUTE_LORA_ONE_WAY):
+        route, attention = ROUTE_LORA, oneway.ONE_WAY if route == ROUTE_LORA_ONE_WAY else oneway.JOINT
     if route not in ROUTES:
-        raise InputError("route", f"'{route}' is not a route.", f"Choose auto, {ROUTE_LORA} or {ROUTE_FILL}.")
+        raise InputError("route", f"'{route}' is not a route.", f"Choose {', '.join(ROUTE_CHOICES)}.")
+    if attention == oneway.ONE_WAY and info.is_fill:
+        raise InputError("route", "lora_one_way needs FLUX.1 dev/schnell or FLUX.2 with a one-way Instruct Identity "
+                         "LoRA; this is a FLUX.1 Fill model.", "Use route fill (or auto) with FLUX.1 Fill.")
     if info.is_structural_control:
         raise InputError("model", "this is a structural control model (FLUX.1 Canny/Depth) that expects a control image.",
                          "Use FLUX.1 dev/schnell with an Instruct Identity LoRA, or FLUX.1 Fill.")
@@ -123,8 +139,9 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
     if route == ROUTE_LORA:
         if info.is_fill:
             notes.append("route: lora on a Fill model; its inpaint channels get ComfyUI's defaults.")
-        inputs = identity_inputs(model, _encode(vae, ref_px, info.latent_channels), batch)
+        inputs = identity_inputs(model, _encode(vae, ref_px, info.latent_channels), batch, attention)
         lay, samples, model = inputs.layout, inputs.latent, inputs.model
+        attention = oneway.ONE_WAY if oneway.one_way_patch_of(model) is not None else oneway.JOINT
     else:
         z = _encode(vae, preview, info.latent_channels)
         lay = layout.Layout.of(z)
@@ -147,7 +164,8 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
         notes.append(f"guidance: the prompt carried none, set to {g:g} (the {route} route's default).")
 
     latent = {"samples": samples, "noise_mask": layout.target_mask(lay)}
-    prepared = PreparedReference(model, positive, negative, latent, route, w, h, preview, notes)
+    prepared = PreparedReference(model, positive, negative, latent, route, w, h, preview, notes,
+                                 attention if route == ROUTE_LORA else oneway.JOINT)
     for n in notes:
         log.warning("Instruct Identity Reference: %s", n)
     return prepared
@@ -195,8 +213,7 @@ class InstructIdentityReference(io.ComfyNode):
                 io.Combo.Input("fit", options=list(images.FIT_MODES), default="pad", tooltip=FIT_TOOLTIP),
                 io.String.Input("pad_color", default="#ffffff", tooltip="Colour for padding and transparency: #rrggbb or r,g,b."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per reference; with several references, 1 gives one sample each."),
-                io.Combo.Input("route", options=[ROUTE_AUTO, ROUTE_LORA, ROUTE_FILL], default=ROUTE_AUTO,
-                               tooltip="auto: fill for FLUX.1 Fill models, lora (clean reference in the model input) otherwise."),
+                io.Combo.Input("route", options=ROUTE_CHOICES, default=ROUTE_AUTO, tooltip=ROUTE_TOOLTIP),
                 io.Float.Input("guidance", default=-1.0, min=-1.0, max=100.0, step=0.1,
                                tooltip="FLUX guidance. -1 keeps the prompt's own value, or uses the route's default (3.5; Fill 30) if it has none."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Optional; a zeroed prompt is used when absent (FLUX usually runs at CFG 1)."),
@@ -219,6 +236,41 @@ class InstructIdentityReference(io.ComfyNode):
                               reference_mask=reference_mask)
         return io.NodeOutput(p.model, p.positive, p.negative, p.latent, p.info,
                              ui=ui.PreviewImage(p.preview, cls=cls))
+
+
+class InstructIdentityLoadLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        return io.Schema(
+            node_id="InstructIdentityLoadLora",
+            display_name="Instruct Identity Load LoRA",
+            category=CATEGORY,
+            description=("Loads an Instruct Identity LoRA onto the model (as Load LoRA does) and reads from the file "
+                         "how it was trained: joint or one-way reference attention. The Reference node on route auto "
+                         "then samples it the same way."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras")),
+                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+                io.Combo.Input("reference_attention", options=["auto", *oneway.MODES], default="auto",
+                               tooltip="auto: what the LoRA file records (joint for files without the entry). joint / "
+                                       "one_way: override it (a LoRA samples well only in the mode it was trained in)."),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name, strength_model, reference_attention) -> io.NodeOutput:
+        import folder_paths
+
+        if model is None:
+            raise InputError("model", "no model is connected.", "Connect Load Diffusion Model.")
+        path = folder_paths.get_full_path_or_raise("loras", lora_name)
+        patched, mode = oneway.apply_lora_file(model, path, strength_model, reference_attention)
+        how = "read from the file" if reference_attention == "auto" else "set on this node"
+        return io.NodeOutput(patched, f"{lora_name}: reference attention {mode} ({how}), strength {strength_model:g}")
 
 
 class InstructIdentityDecodeTarget(io.ComfyNode):
@@ -287,4 +339,4 @@ class InstructIdentitySplitImage(io.ComfyNode):
         return io.NodeOutput(target, reference, comparison(image))
 
 
-NODES = [InstructIdentityReference, InstructIdentityDecodeTarget, InstructIdentitySplitLatent, InstructIdentitySplitImage]
+NODES = [InstructIdentityReference, InstructIdentityLoadLora, InstructIdentityDecodeTarget, InstructIdentitySplitLatent, InstructIdentitySplitImage]

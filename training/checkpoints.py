@@ -43,6 +43,7 @@ def lora_metadata(cfg, targets, step: int, model_hash: str, model_file: str | No
         "mode": cfg.mode,
         "preset": cfg.preset,
         "loss": cfg.loss,
+        "reference_attention": cfg.reference_attention,  # read by engine.oneway (samplers pick the mode from it)
         "rank": str(cfg.network_dim),
         "alpha": f"{float(cfg.network_alpha):g}",
         "steps": str(step),
@@ -120,7 +121,10 @@ def read_trainer_state(path: Path) -> dict:
 
 def shape_signature(cfg) -> dict:
     """What a saved adapter must agree on to be loaded into this run."""
-    return {"mode": cfg.mode, "preset": cfg.preset, "network_dim": int(cfg.network_dim)}
+    signature = {"mode": cfg.mode, "preset": cfg.preset, "network_dim": int(cfg.network_dim)}
+    if cfg.reference_attention != "joint":  # joint states saved before the option existed still resume
+        signature["reference_attention"] = cfg.reference_attention
+    return signature
 
 
 class StateHooks:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MODES = ("identity", "grid")
 PRESETS = ("A", "B", "C")
 LOSSES = ("masked", "full", "full_noised", "full_consistent")  # see training/objective.py
+REFERENCE_ATTENTIONS = ("joint", "one_way")  # see engine/oneway.py
 TIMESTEP_SAMPLINGS = ("uniform", "sigmoid", "shift", "flux_shift")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
@@ -84,6 +85,8 @@ class TrainConfig:
     preset: str | None = None         # A attention, B +FFN, C +modulation; None -> B (identity), A (grid)
     loss: str | None = None           # masked (Eq. 2); full / full_noised / full_consistent: three readings of
                                       # Table 2's "full loss" ablation (objective.py); None -> masked / full (grid)
+    reference_attention: str = "joint"  # joint: every token sees every token (the paper's); one_way: the reference
+                                      # sees only itself, so samplers compute it once (engine/oneway.py)
     network_dim: int | None = None    # LoRA rank; None -> 128 (identity), 16 (grid: the paper's Stage II r=16)
     network_alpha: float | None = None  # None -> = network_dim (scale 1; kohya's default 1 would scale rank 512 by 1/512)
     network_dropout: float = 0.0      # kohya's meaning: dropout on the LoRA down-projection's output
@@ -168,6 +171,12 @@ class TrainConfig:
         if grid and self.loss != "full":
             raise InputError("loss", "grid mode trains whole images, there is no reference half to mask or noise.",
                              "Use loss = \"full\" with mode = \"grid\".")
+        _choice("reference_attention", self.reference_attention, REFERENCE_ATTENTIONS)
+        if self.reference_attention == "one_way" and (grid or self.loss != "masked"):
+            raise InputError("reference_attention", "one_way predicts the target half only (the reference is an "
+                             f"attention context, not an output), so it trains identity mode with the masked loss, "
+                             f"not mode = \"{self.mode}\" with loss = \"{self.loss}\".",
+                             "Use mode = \"identity\" and loss = \"masked\", or reference_attention = \"joint\".")
         if self.network_dim is None:
             self.network_dim = 16 if grid else 128
         if not 1 <= int(self.network_dim) <= 4096:

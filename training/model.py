@@ -17,6 +17,7 @@ import gc
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -186,12 +187,18 @@ class FluxForward:
     """Calls ComfyUI's FLUX ``forward`` for training: velocity for (latent grid, sigma, text)."""
 
     def __init__(self, diffusion_model, *, gradient_checkpointing: bool, guidance: float,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, reference_attention: str = "joint"):
         self.guidance = float(guidance)
         self.dtype = dtype  # the compute dtype ComfyUI casts inputs to (None: leave them as they are)
         self.has_guidance = bool(getattr(diffusion_model.params, "guidance_embed", False))
         self.patches = None
-        if gradient_checkpointing:
+        self.one_way = None  # one-way reference attention (engine/oneway.py): its out-of-place blocks need no clones
+        if reference_attention == "one_way":
+            from ..engine import oneway
+
+            oneway.check_model(diffusion_model)
+            self.one_way = partial(oneway.training_options, gradient_checkpointing)
+        elif gradient_checkpointing:
             dit = {("double_block", i): _double(b) for i, b in enumerate(diffusion_model.double_blocks)}
             dit.update({("single_block", i): _single(b) for i, b in enumerate(diffusion_model.single_blocks)})
             self.patches = dit
@@ -206,12 +213,14 @@ class FluxForward:
     def __call__(self, module, x: torch.Tensor, sigmas: torch.Tensor, context: torch.Tensor,
                  pooled: torch.Tensor | None) -> torch.Tensor:
         options = {"patches_replace": {"dit": dict(self.patches)}} if self.patches else {}
+        if self.one_way is not None:
+            options = self.one_way()
         guidance = torch.full((x.shape[0],), self.guidance, device=x.device, dtype=torch.float32) if self.has_guidance else None
         if self.dtype is not None:  # as ComfyUI's BaseModel._apply_model does; the timestep stays fp32
             x, context = x.to(self.dtype), context.to(self.dtype)
             pooled = pooled.to(self.dtype) if pooled is not None else None
             guidance = guidance.to(self.dtype) if guidance is not None else None
-        hooks = nullcontext() if self.patches else torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        hooks = nullcontext() if self.patches or self.one_way else torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         with hooks:
             out = module(x, sigmas.float(), context, y=pooled, guidance=guidance, transformer_options=options)
         return out.float()

@@ -133,9 +133,9 @@ def test_previews_are_made_with_the_inference_patch(tiny_cfg, components, pairs,
     calls = []
     real = sampling.patch_model
 
-    def spy(model, reference):
+    def spy(model, reference, *mode):
         calls.append(reference.shape)
-        return real(model, reference)
+        return real(model, reference, *mode)
 
     monkeypatch.setattr(sampling, "patch_model", spy)
     prompts = pairs.parent / "prompts.txt"
