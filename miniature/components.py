@@ -8,10 +8,9 @@
   reference patch alike; the codec writes ``z = x / 0.3611 + 0.1159`` so that the model itself works on
   ``x`` in [-1, 1] (unit-scale signal against unit noise), with no change to ComfyUI or the trainer.
 * :class:`WordEncoder` has the trainer's ``TextEncoder`` interface, a fixed (untrained) stand-in for
-  a contextual encoder such as T5: token ``i`` = its word's fixed random vector + the mean vector of
-  the words of its phrase (text between commas / full stops, so "red" in "a red head" also carries
-  "head", as a contextual encoder's output would) + a fixed random vector for its position (FLUX gives
-  every text token the same RoPE position). Pooled = the mean of the word vectors.
+  a contextual encoder such as T5: token ``i`` = ``[its word's fixed random vector | its phrase's head
+  noun's vector]`` (so "red" in "a red head" also carries "head", as a contextual encoder's output
+  would). Pooled = the mean of the tokens.
 * :func:`unet_config` / :func:`build_model`: ComfyUI's own FLUX module via ``engine.synthetic.random_flux``.
 """
 
@@ -71,39 +70,45 @@ def words(text: str) -> list[str]:
 
 
 class WordEncoder:
-    """Caption -> (``[tokens, dim]`` word + position vectors, ``[dim]`` pooled), deterministic."""
+    """Caption -> (``[tokens, dim]`` token vectors, ``[dim]`` pooled), deterministic, untrained.
 
-    def __init__(self, dim: int = 64, tokens: int = 40, seed: int = 0):
+    A stand-in for a contextual encoder such as T5, whose output for "red" in "a red head" carries
+    "head": token ``i`` is ``[word vector | context vector]`` (``dim / 2`` each), the word's fixed random
+    vector next to that of its phrase's head noun (the last word of the text between commas / full
+    stops). Keeping the two halves apart lets one attention head bind an attribute to its part: a
+    query for "head" matches the context half, the value carries the word half. Pooled = the mean of
+    the tokens (a bag of words, as CLIP's pooled vector is for such captions)."""
+
+    def __init__(self, dim: int = 64, tokens: int = 36, seed: int = 0):
+        if dim % 2:
+            raise ValueError("dim must be even")
         self.dim, self.tokens, self.seed = dim, tokens, seed
-        g = torch.Generator().manual_seed(seed + 7919)
-        self.positions = torch.randn(tokens, dim, generator=g) * 0.5
-        self.identity = f"toy-words-ctx:{dim}:{tokens}:{seed}"
-        self._words: dict[str, torch.Tensor] = {}
+        self.identity = f"toy-words-noun:{dim}:{tokens}:{seed}"
+        self._vectors: dict[str, torch.Tensor] = {}
 
-    def word(self, w: str) -> torch.Tensor:
-        v = self._words.get(w)
+    def _vec(self, kind: str, w: str) -> torch.Tensor:
+        key = f"{kind}:{w}"
+        v = self._vectors.get(key)
         if v is None:
-            h = int.from_bytes(hashlib.sha256(f"{self.seed}:{w}".encode()).digest()[:8], "little")
-            v = self._words[w] = torch.randn(self.dim, generator=torch.Generator().manual_seed(h))
+            h = int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:8], "little")
+            v = self._vectors[key] = torch.randn(self.dim // 2, generator=torch.Generator().manual_seed(h))
         return v
 
     @property
     def spec(self) -> dict:
-        return {"kind": "words-ctx", "dim": self.dim, "tokens": self.tokens, "seed": self.seed}
+        return {"kind": "words-noun", "dim": self.dim, "tokens": self.tokens, "seed": self.seed}
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         cond = torch.zeros(self.tokens, self.dim)
         vectors = []
         for phrase in re.split(r"[,.;]", text):
             ws = words(phrase)
-            if not ws:
-                continue
-            vs = [self.word(w) for w in ws]
-            context = torch.stack(vs).mean(0)
-            vectors += [v + context for v in vs]
+            if ws:
+                context = self._vec("c", ws[-1])
+                vectors += [torch.cat([self._vec("w", w), context]) for w in ws]
         for i, v in enumerate(vectors[: self.tokens]):
-            cond[i] = v + self.positions[i]
-        pooled = torch.stack([self.word(w) for w in words(text)]).mean(0) if words(text) else torch.zeros(self.dim)
+            cond[i] = v
+        pooled = torch.stack(vectors).mean(0) if vectors else torch.zeros(self.dim)
         return cond, pooled
 
 

@@ -11,6 +11,9 @@ after it is the real path: the LoRA through stock *LoraLoaderModelOnly* (ComfyUI
   ``spacial_compression_encode``, ...), so stock *VAE Encode* / *VAE Decode* work on it too.
 * :class:`DemoClip` gives the word encoder ComfyUI's CLIP interface (``tokenize`` +
   ``encode_from_tokens_scheduled``), so stock *CLIP Text Encode* makes the prompt's CONDITIONING.
+* :func:`demo_template_first` puts the demo first in the pack's template list: ComfyUI lists a pack's
+  ``workflows/*.json`` in directory order (``glob``, unsorted: hash order on ext4) and the frontend keeps
+  that order by default, so the pack reorders its own entry of ``/workflow_templates``.
 * :func:`register_folders` adds the pack's ``demo/models`` (the shipped LoRA) and ``output/demo-lora``
   (what ``ii-train --config training/examples/demo.toml`` writes) to ComfyUI's ``loras`` folder list
   (no file is copied), and lists base files from ``demo/models`` and ``models/instruct_identity_demo``.
@@ -42,6 +45,7 @@ TRAINED_DIR = PACK / "output" / "demo-lora"  # output_dir of training/examples/d
 BASE_FOLDER = "instruct_identity_demo"     # folder_paths key of miniature base files
 BASE_NAME = "ii_demo_base.safetensors"
 LORA_NAME = "ii_demo_identity_lora.safetensors"
+TEMPLATE = "instruct_identity_demo_cpu"          # workflows/instruct_identity_demo_cpu.json
 REFERENCE_SUFFIXES = (".png",)
 
 
@@ -102,6 +106,44 @@ def base_path(name: str) -> Path:
                                  f"format = {files.FORMAT}).", "Pick ii_demo_base.safetensors, or a file written by "
                                  "miniature.save_base.")
     return Path(found)
+
+
+def demo_template_first(listing: dict) -> dict:
+    """``/workflow_templates`` (pack folder -> template names) with the demo first in its pack's list and
+    the pack's other templates by name; other packs' lists are left as they are."""
+    out = dict(listing)
+    for key, names in listing.items():
+        if isinstance(names, list) and TEMPLATE in names:
+            out[key] = [TEMPLATE] + sorted(n for n in names if n != TEMPLATE)
+    return out
+
+
+def install_template_order(app) -> bool:
+    """Add an aiohttp middleware to ComfyUI's ``app`` that applies :func:`demo_template_first` to the
+    ``/workflow_templates`` answer (before the server starts; False if the app no longer takes one)."""
+    from aiohttp import web
+
+    @web.middleware
+    async def instruct_identity_template_order(request, handler):
+        response = await handler(request)
+        if (request.method == "GET" and request.path.rstrip("/") in ("/workflow_templates", "/api/workflow_templates")
+                and isinstance(response, web.Response) and response.status == 200 and response.body is not None):
+            try:
+                listing = json.loads(response.body)
+            except (TypeError, ValueError):
+                return response
+            if isinstance(listing, dict):
+                return web.json_response(demo_template_first(listing))
+        return response
+
+    if any(getattr(m, "__name__", "") == instruct_identity_template_order.__name__ for m in app.middlewares):
+        return True
+    try:
+        app.middlewares.append(instruct_identity_template_order)
+    except RuntimeError:  # frozen: the server already started (e.g. the pack was reloaded)
+        log.warning("Instruct Identity: could not put the demo first in the template browser (server already started)")
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def sheet_caption(char: Character | None, poses: list[Pose | None]) -> str:
     """Caption of a character sheet (several views of one character, left to right): the character's
     description (``char`` None: left out) and each view's pose (``None``: not named)."""
     ordinals = ("first", "second", "third", "fourth")
-    parts = [f"{len(poses)} views of the same character" if len(poses) != 2 else "two views of the same character"]
+    parts = [f"{len(poses)} views" if len(poses) != 2 else "two views"]
     if char is not None:
         parts.append(char.describe())
     for i, p in enumerate(poses):

@@ -5,9 +5,9 @@
     green legs, a yellow hat. the character lying, large, on the left"``); 30 % name the pose only and
     10 % are empty (so CFG has an unconditional model, and a pose-only prompt draws some character);
   - character sheets: two views of one character side by side (the H x 2W grid of the identity
-    layout), captioned as such (``miniature.sprites.sheet_caption``: "two views of the same character.
-    <description>. first view: <pose>. second view: <pose>"); the description is left out half of the
-    time, each view's pose a quarter of the time. This is the toy's "web images with several views of
+    layout), captioned as such (``miniature.sprites.sheet_caption``: "two views. <description>. first
+    view: <pose>. second view: <pose>"); the description is left out half of the time, each view's
+    pose a quarter of the time. This is the toy's "web images with several views of
     one subject", the data that gives FLUX its zero-shot in-context ability.
 * Identity pairs (the LoRA data): reference = a training character in one pose, target = the same
   character in any other pose (uniform over the 17, so some targets are close to the reference and

@@ -30,7 +30,7 @@ from . import data
 
 log = logging.getLogger(__name__)
 
-FORMAT = "toy-base-v2"
+FORMAT = "toy-base-v3"
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup: int = 100
     min_lr_ratio: float = 0.05
-    ema: float = 0.998
+    ema: float = 0.995
     timestep_sampling: str = "uniform"
     seed: int = 0
     size: int = 32

@@ -200,7 +200,7 @@ def render(results: dict, images_rel: str) -> str:
         f"{int(round(100 * (1 - pre.get('sheet_ratio', 0))))} % of the steps batches of {pre.get('batch')} single "
         f"renders (captions with the character and the pose, 30 % pose only, 10 % empty), {int(round(100 * pre.get('sheet_ratio', 0)))} % "
         f"batches of {pre.get('sheet_batch')} **two-view character sheets** (one character in two poses side by side, "
-        "captioned \"two views of the same character. <description>. first view: <pose>. second view: <pose>\", "
+        "captioned \"two views. <description>. first view: <pose>. second view: <pose>\", "
         "description left out half of the time, each pose a quarter of the time): the toy's counterpart of the "
         "multi-view web pictures that give FLUX its in-context ability. Pre-training: "
         f"{b['pretrain'].get('wall_s', 0) / 60:.1f} min wall{' (cached in this run)' if b['pretrain'].get('cached') else ''}; "

@@ -51,7 +51,7 @@ CONFIGS = [
 ]
 ZERO_SHOT = [
     {"name": "zero-shot", "caption": "sheet",
-     "label": "no LoRA: the base with a sheet prompt (\"two views of the same character. first view: <target pose>\")"},
+     "label": "no LoRA: the base with a sheet prompt (\"two views. first view: <target pose>\")"},
     {"name": "zero-shot-plain", "caption": "plain", "label": "no LoRA: the base with the LoRA's prompt (target pose only)"},
 ]
 COMPARISONS = [("B-masked", "B-full"), ("B-masked", "B-full_noised"), ("B-masked", "B-full_consistent"),

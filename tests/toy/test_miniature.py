@@ -44,6 +44,10 @@ def test_word_encoder_binds_words_to_parts(mini):
     assert torch.allclose(pa, pb)              # pooled = bag of words
     assert torch.equal(te.encode("the character lying")[0], mini.WordEncoder().encode("the character lying")[0])
     assert not torch.equal(te.encode("x")[0], mini.WordEncoder(seed=1).encode("x")[0])
+    # "red" of the head and "red" of the torso: the same word half, different context halves
+    c, _ = te.encode("a red head, a red torso")
+    assert torch.equal(c[1, :32], c[4, :32]) and not torch.equal(c[1, 32:], c[4, 32:])
+    assert torch.equal(c[1, 32:], c[2, 32:])  # "red" and "head" share the phrase's context
 
 
 def test_base_file_round_trip_rebuilds_the_same_model(mini, tmp_path):
@@ -58,14 +62,14 @@ def test_base_file_round_trip_rebuilds_the_same_model(mini, tmp_path):
                           {"command": "test", "metrics": {"part_color_acc": 0.5}})
     meta = mini.read_metadata(path)
     assert meta["format"] == mini.FORMAT and json.loads(meta["unet_config"]) == cfg
-    assert json.loads(meta["text_encoder"]) == {"kind": "words-ctx", "dim": 64, "tokens": 40, "seed": 0}
+    assert json.loads(meta["text_encoder"]) == {"kind": "words-noun", "dim": 64, "tokens": 36, "seed": 0}
     assert json.loads(meta["codec"])["downscale"] == 2 and meta["image_size"] == "32"
     from safetensors.torch import load_file
 
     assert all(v.dtype == torch.float16 for v in load_file(str(path)).values())
     base = mini.load_base(path)
     assert base.provenance == {"command": "test", "metrics": {"part_color_acc": 0.5}}
-    assert base.spec == spec and base.text_encoder.tokens == 40 and base.codec.downscale == 2
+    assert base.spec == spec and base.text_encoder.tokens == 36 and base.codec.downscale == 2
     x = torch.randn(1, 16, 8, 8)
     cond, pooled = base.text_encoder.encode("the character lying, small, on the left")
     args = (x, torch.tensor([0.5]), cond[None], pooled[None])
