@@ -6,12 +6,26 @@ Thin classes over ``miniature/demo.py``; everything after them in the demo graph
 
 from __future__ import annotations
 
+import sys
+
 from comfy_api.latest import io
 
 from ..miniature import demo
 from . import CATEGORY
 
 demo.register_folders()
+
+
+def _template_order() -> None:
+    """Inside a running ComfyUI (its ``server`` module loaded, never imported from here) put the demo
+    first in the template browser."""
+    server = sys.modules.get("server")
+    app = getattr(getattr(getattr(server, "PromptServer", None), "instance", None), "app", None)
+    if app is not None:
+        demo.install_template_order(app)
+
+
+_template_order()
 
 
 class InstructIdentityDemoModel(io.ComfyNode):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instruct Identity for ComfyUI: one script for setting up, running and testing the pack.
 #
-#   scripts/bootstrap.sh run     set up (once) and start ComfyUI with this pack loaded
+#   scripts/bootstrap.sh run     set up (once), start ComfyUI with this pack loaded and run the built-in
+#                                demo graph once (its picture lands in ComfyUI's output folder)
 #   scripts/bootstrap.sh test    set up (once) and run the whole test suite
 #   scripts/bootstrap.sh setup   only set up
 #
@@ -10,7 +11,10 @@
 #   II_PYTHON      the Python to build the venv with (default: python3)
 #   II_TORCH       pip specs for torch (default: "torch==2.14.1 torchvision==0.29.1")
 #   II_HOST/II_PORT  where `run` listens (default 127.0.0.1:8188)
-#   II_DEVICE      cpu (default, as on CI) or gpu (let ComfyUI pick the accelerator)
+#   II_DEVICE      auto (default: the accelerator torch sees, CUDA/MPS/XPU, else the CPU), cpu or gpu
+#   II_DEMO        1 (default): `run` queues the built-in demo once the server is up; 0: don't
+#   II_SETUP       1 (default): set up first; 0: use .venv and ComfyUI as they are (faster restarts, tests)
+# Extra arguments after `run` go to ComfyUI's main.py (e.g. --base-directory DIR).
 # Everything goes into .venv/ and .comfyui/ inside this folder; delete them to start over.
 set -euo pipefail
 
@@ -69,9 +73,12 @@ install_requirements() {
   # CHARIS's CLIP-IQA against the optional, non-commercial pyiqa backend)
   local extras="${1:-}"
   local stamp="$venv/.ii-installed"
-  local want
+  local want have
   want="$(cat "$comfy/requirements.txt" requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)+$extras"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  have="$(cat "$stamp" 2>/dev/null || true)"
+  if [ "$have" = "$want" ]; then return; fi
+  # installed with more extras (`test` installs test,pyiqa) for the same files: nothing to add for `run`
+  if [ -z "$extras" ] && [ "${have%%+*}" = "${want%%+*}" ]; then return; fi
   log "installing ComfyUI's requirements and this pack (torch stays as installed)"
   # torch/torchvision are already in; torchaudio only powers ComfyUI's audio nodes and would pull
   # another torch build, so it is left out.
@@ -92,7 +99,26 @@ link_pack() {
   log "linked this pack into $target"
 }
 
+device_flag() {
+  # --cpu for ComfyUI, or nothing (ComfyUI then picks the accelerator itself)
+  case "${II_DEVICE:-auto}" in
+    cpu) echo "--cpu" ;;
+    gpu) echo "" ;;
+    auto)
+      if "$py" -c "
+import sys, torch
+mps = getattr(torch.backends, 'mps', None)
+xpu = getattr(torch, 'xpu', None)
+sys.exit(0 if torch.cuda.is_available() or (mps is not None and mps.is_available())
+         or (xpu is not None and xpu.is_available()) else 1)" 2>/dev/null; then echo ""; else echo "--cpu"; fi ;;
+  esac
+}
+
 setup() {
+  if [ "${II_SETUP:-1}" = "0" ]; then
+    [ -x "$py" ] && [ -f "$comfy/main.py" ] || { log "II_SETUP=0 but .venv or ComfyUI is missing: run without it once"; exit 2; }
+    return
+  fi
   make_venv
   extract_comfyui
   install_requirements "${1:-}"
@@ -106,12 +132,29 @@ case "$cmd" in
   run)
     setup
     shift || true
-    log "starting ComfyUI at http://${II_HOST:-127.0.0.1}:${II_PORT:-8188} (Ctrl-C stops it)"
+    host="${II_HOST:-127.0.0.1}"; port="${II_PORT:-8188}"
+    case "${II_DEVICE:-auto}" in auto|cpu|gpu) ;; *) log "II_DEVICE=$II_DEVICE: use auto, cpu or gpu"; exit 2 ;; esac
+    device_flag="$(device_flag)"
+    device_name="the accelerator"; [ -n "$device_flag" ] && device_name="the CPU"
+    log "starting ComfyUI at http://$host:$port on $device_name (Ctrl-C stops it)"
     log "model files go in $comfy/models/{diffusion_models,vae,text_encoders,loras}"
     cd "$comfy"
-    device_flag="--cpu"; [ "${II_DEVICE:-cpu}" = "gpu" ] && device_flag=""
+    if [ "${II_DEMO:-1}" = "0" ]; then
+      # shellcheck disable=SC2086
+      exec "$py" main.py $device_flag --listen "$host" --port "$port" --disable-auto-launch "$@"
+    fi
     # shellcheck disable=SC2086
-    exec "$py" main.py $device_flag --listen "${II_HOST:-127.0.0.1}" --port "${II_PORT:-8188}" --disable-auto-launch "$@" ;;
+    "$py" main.py $device_flag --listen "$host" --port "$port" --disable-auto-launch "$@" &
+    server=$!
+    trap 'kill -TERM "$server" 2>/dev/null || true' INT TERM
+    log "the built-in demo (workflows/instruct_identity_demo_cpu.json) is queued once the server is up (II_DEMO=0 skips it)"
+    # run as a file: standard library only, nothing of ComfyUI or the pack is imported by the client
+    "$py" "$here/miniature/demo_run.py" --url "http://$host:$port" --comfyui "$comfy" \
+      --server-pid "$server" -- "$@" || true
+    status=0; wait "$server" || status=$?
+    # a trapped Ctrl-C interrupts the first wait while the server is still shutting down
+    while kill -0 "$server" 2>/dev/null; do wait "$server" || status=$?; done
+    exit "$status" ;;
   test)
     setup "test,pyiqa"
     bash "$here/scripts/setup_browser.sh"   # Chromium + playwright-core for tests/frontend

@@ -1,9 +1,12 @@
-"""Writes the foundation's example workflows (ComfyUI UI format, version 0.4) into workflows/.
+"""Writes the example workflows (ComfyUI UI format, version 0.4) into workflows/.
 
     .venv/bin/python scripts/build_workflows.py
 
 The graphs are declared once here so their links and slots stay consistent; the test
-``tests/foundation/test_workflows.py`` checks every file in workflows/ against a running server.
+``tests/foundation/test_server.py`` checks every file in workflows/ against a running server.
+
+The built-in demo's graph is also written in ComfyUI's API format (``miniature/demo_prompt.json``),
+which ``scripts/bootstrap.sh run`` queues; ``tests/demo`` checks that both say the same.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "workflows"
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "workflows"
+DEMO_API = REPO / "miniature" / "demo_prompt.json"
 
 HF = "https://huggingface.co"
 MODELS = {
@@ -39,6 +44,9 @@ SOCKETS = {
     "InstructIdentityDecodeTarget": ([("samples", "LATENT"), ("vae", "VAE")],
                                      [("target", "IMAGE"), ("comparison", "IMAGE"), ("target_latent", "LATENT")]),
     "SaveImage": ([("images", "IMAGE")], []),
+    "ImageScaleBy": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
+    "InstructIdentityDemoModel": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("info", "STRING")]),
+    "InstructIdentityDemoReference": ([], [("IMAGE", "IMAGE")]),
     "PreviewImage": ([("images", "IMAGE")], []),
     "MarkdownNote": ([], []),
 }
@@ -48,9 +56,15 @@ class Graph:
     def __init__(self):
         self.nodes: list[dict] = []
         self.links: list[list] = []
+        self.api: dict[int, tuple[str, dict]] = {}
 
-    def add(self, type_: str, pos, widgets=(), size=(320, 120), title=None, models=()):
+    def add(self, type_: str, pos, widgets=(), size=(320, 120), title=None, models=(), api: dict | None = None):
+        """``api``: the widget values by name, for graphs also written in API format (``widgets`` is then
+        derived from it, with the seed's "fixed" control value after the seed as the UI stores it)."""
         node_id = len(self.nodes) + 1
+        if api is not None:
+            widgets = [x for k, v in api.items() for x in ((v, "fixed") if k == "seed" else (v,))]
+            self.api[node_id] = (type_, dict(api))
         ins, outs = SOCKETS[type_]
         node = {
             "id": node_id, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
@@ -76,6 +90,15 @@ class Graph:
         self.links.append([link_id, src, oi, dst, ii, typ])
         s["outputs"][oi]["links"].append(link_id)
         d["inputs"][ii]["link"] = link_id
+
+    def to_api(self) -> dict:
+        """ComfyUI's API format (what /prompt takes) of the nodes declared with ``api``."""
+        prompt = {str(i): {"class_type": t, "inputs": dict(values)} for i, (t, values) in self.api.items()}
+        for _, src, src_slot, dst, dst_slot, _ in self.links:
+            if str(dst) in prompt:
+                name = self.nodes[dst - 1]["inputs"][dst_slot]["name"]
+                prompt[str(dst)]["inputs"][name] = [str(src), src_slot]
+        return prompt
 
     def to_json(self) -> dict:
         models = {}
@@ -137,12 +160,95 @@ def identity_graph(fill: bool) -> dict:
     return g.to_json()
 
 
+DEMO_TEMPLATE = "instruct_identity_demo_cpu.json"
+DEMO_BASE = "ii_demo_base.safetensors"
+DEMO_LORA = "ii_demo_identity_lora.safetensors"
+DEMO_PROMPT = "the character arms up, large, on the right"
+DEMO_STEPS = 30
+DEMO_SEED = 7
+DEMO_PREFIX = "instruct_identity_demo"
+DEMO_ZOOM = 8  # the miniature world draws 32 px sprites: shown and saved 8x larger, pixels kept sharp
+
+
+def demo_reference() -> tuple[str, str]:
+    """(reference, prompt) the template starts with: the first of demo/references/*.png, and a pose that
+    differs from the reference's (from demo/references/references.json when it suggests some)."""
+    folder = REPO / "demo" / "references"
+    refs = sorted(p.name for p in folder.glob("*.png"))
+    if not refs:
+        raise SystemExit("demo/references/*.png is missing: the demo template needs a bundled reference")
+    prompt = DEMO_PROMPT
+    index = folder / "references.json"
+    if index.is_file():
+        entry = next((e for e in json.loads(index.read_text()) if e.get("file") == refs[0]), {})
+        tries = [t for t in entry.get("try", []) if t != entry.get("pose")]
+        lying = [t for t in tries if "lying" in t]  # the most visible change of pose
+        prompt = (lying or tries or [prompt])[0]
+    return refs[0], prompt
+
+
+def demo_graph() -> Graph:
+    """The built-in demo: the miniature FLUX and its identity LoRA, then the same path as FLUX.1."""
+    g = Graph()
+    loader = g.add("InstructIdentityDemoModel", (0, 0), size=(340, 110), title="Demo model (miniature FLUX, CPU)",
+                   api={"base": DEMO_BASE})
+    lora = g.add("LoraLoaderModelOnly", (0, 160), size=(340, 90), title="Demo identity LoRA",
+                 api={"lora_name": DEMO_LORA, "strength_model": 1.0})
+    g.link(loader, "MODEL", lora, "model")
+    reference, prompt = demo_reference()
+    image = g.add("InstructIdentityDemoReference", (0, 300), size=(340, 90), title="Reference character",
+                  api={"reference": reference})
+    text = g.add("CLIPTextEncode", (390, 0), size=(380, 140), title="Prompt (the new pose)", api={"text": prompt})
+    g.link(loader, "CLIP", text, "clip")
+    ref = g.add("InstructIdentityReference", (390, 190), size=(380, 420),
+                api={"width": 0, "height": 0, "fit": "pad", "pad_color": "#ffffff", "batch_size": 1, "route": "auto",
+                     "guidance": 1.0})
+    for src, out_name, in_name in ((lora, "MODEL", "model"), (loader, "VAE", "vae"), (text, "CONDITIONING", "positive"),
+                                   (image, "IMAGE", "reference")):
+        g.link(src, out_name, ref, in_name)
+    sampler = g.add("KSampler", (820, 0), size=(320, 270),
+                    api={"seed": DEMO_SEED, "steps": DEMO_STEPS, "cfg": 1.0, "sampler_name": "euler",
+                         "scheduler": "simple", "denoise": 1.0})
+    for out_name, in_name in (("model", "model"), ("positive", "positive"), ("negative", "negative"), ("latent", "latent_image")):
+        g.link(ref, out_name, sampler, in_name)
+    decode = g.add("InstructIdentityDecodeTarget", (820, 320), size=(320, 100), api={})
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(loader, "VAE", decode, "vae")
+    zoom = g.add("ImageScaleBy", (820, 470), size=(320, 90), title="Zoom 8x (sharp pixels)",
+                 api={"upscale_method": "nearest-exact", "scale_by": float(DEMO_ZOOM)})
+    g.link(decode, "target", zoom, "image")
+    save = g.add("SaveImage", (1190, 0), size=(300, 350), title="Result", api={"filename_prefix": DEMO_PREFIX})
+    g.link(zoom, "IMAGE", save, "images")
+    zoom_cmp = g.add("ImageScaleBy", (820, 610), size=(320, 90), title="Zoom 8x",
+                     api={"upscale_method": "nearest-exact", "scale_by": float(DEMO_ZOOM)})
+    g.link(decode, "comparison", zoom_cmp, "image")
+    preview = g.add("PreviewImage", (1190, 400), size=(520, 330), title="Reference | result", api={})
+    g.link(zoom_cmp, "IMAGE", preview, "images")
+    note = (
+        "## Instruct Identity — built-in demo (runs on a CPU in seconds)\n\n"
+        "A miniature FLUX (ComfyUI's own FLUX module, a few MB) that draws sprite characters, with an identity "
+        "LoRA trained by this pack's trainer. Pick a **Reference character**, write the new pose in **Prompt** "
+        "(e.g. `the character lying, small, on the left`; poses: standing / arms up / lying, small / large, "
+        "left / center / right), queue.\n\n"
+        "Everything after the demo loader is the real FLUX.1 path: *LoraLoaderModelOnly*, *Instruct Identity "
+        "Reference* (the clean reference beside the picture being generated), *KSampler*, *Decode Target*. "
+        "Bypass the LoRA node to see the base model alone. Train your own demo LoRA with "
+        "`ii-train --config training/examples/demo.toml` (it appears in the LoRA list)."
+    )
+    g.add("MarkdownNote", (0, 440), [note], size=(340, 330), title="How to use")
+    return g
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for name, graph in (("instruct_identity_lora.json", identity_graph(fill=False)),
+    demo = demo_graph()
+    for name, graph in ((DEMO_TEMPLATE, demo.to_json()),
+                        ("instruct_identity_lora.json", identity_graph(fill=False)),
                         ("instruct_identity_fill_zero_shot.json", identity_graph(fill=True))):
         (OUT / name).write_text(json.dumps(graph, indent=1) + "\n")
         print(f"wrote workflows/{name}")  # noqa: T201 - a build script's report
+    DEMO_API.write_text(json.dumps(demo.to_api(), indent=1) + "\n")
+    print(f"wrote {DEMO_API.relative_to(REPO)}")  # noqa: T201
 
 
 if __name__ == "__main__":

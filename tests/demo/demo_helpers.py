@@ -3,18 +3,19 @@ loader that assumed the shipped model's size fails) and random LoRAs for them.""
 
 from __future__ import annotations
 
-import pytest
 import torch
+
+from instruct_identity.miniature import components
 
 # hidden 96 / 2 heads / 1+1 blocks / 24-wide words: none of it the shipped base's configuration
 SMALL = dict(hidden=96, heads=2, double=1, single=1, text_dim=24)
-TEXT = {"kind": "words-ctx", "dim": 24, "tokens": 12, "seed": 3}
+TEXT = components.WordEncoder(dim=24, tokens=12, seed=3).spec  # whatever kind the miniature's encoder is
 SIZE = 16
 
 
 def write_base(path, seed: int = 0, image_size: int = SIZE):
     """A random miniature base file (modulations not zero, so the model's output depends on its input)."""
-    from instruct_identity.miniature import components, files
+    from instruct_identity.miniature import files
 
     cfg = components.unet_config(**SMALL)
     patcher = components.build_model(cfg, seed=seed)
