@@ -149,7 +149,7 @@ class CharisConfig:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
-def check_key_env(name: str | None) -> None:
+def check_key_env(name: str | None, input_name: str = "vlm.api_key_env (--vlm-key-env)") -> None:
     """``api_key_env`` must be the NAME of an environment variable. A pasted key is refused without
     ever echoing it (error messages end up in logs and results)."""
     if not name:
@@ -157,7 +157,7 @@ def check_key_env(name: str | None) -> None:
     looks_like_key = len(name) >= 20 and any(c.isdigit() for c in name) and any(c.islower() for c in name) \
         and name not in os.environ
     if not _ENV_NAME.fullmatch(name) or looks_like_key:
-        raise InputError("vlm.api_key_env (--vlm-key-env)", "is not the name of an environment variable (it looks like "
+        raise InputError(input_name, "is not the name of an environment variable (it looks like "
                          "a key; the value is not repeated here).",
                          "Put the API key in an environment variable and give only its NAME, e.g. OPENAI_API_KEY.")
 

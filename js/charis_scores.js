@@ -37,18 +37,19 @@ const TITLE_TO_AXIS = Object.fromEntries(Object.entries(AXIS_TITLES).map(([k, v]
 /**
  * The node's plain-text summary (nodes/charis.py `_summary`), read for what the compact ui items do
  * not carry: why an axis is missing and why an item was rejected. Lines look like
- *   "image 0: CHARIS 0.523 (over color, quality; missing identity) REJECT (identity missing; color 0.41 < 0.60)"
+ *   "image 0: CHARIS 0.523 PASS", "image 1: partial CHARIS: color, quality 0.523 (missing identity)",
+ *   "image 2: CHARIS missing (over color; missing identity) REJECT (identity missing; color 0.41 < 0.60)"
  *   "  Identity: missing (no VLM configured)"
  */
 export function parseSummary(text) {
   const out = new Map();
   let current = null;
   for (const line of String(text ?? "").split("\n")) {
-    const head = /^(\S.*?): CHARIS (missing|[-\d.]+)(?: \(over (.*?); missing (.*?)\))?(?: (PASS|REJECT \((.*)\)))?\s*$/.exec(line);
+    const head = /^(\S.*?): (?:(?:partial|custom) CHARIS: .*? ([-\d.]+)|CHARIS (missing|absent|[-\d.]+))(?: \((?:over (.*?); )?missing (.*?)\))?(?: (PASS|REJECT \((.*)\)))?\s*$/.exec(line);
     if (head) {
-      current = { failed: {}, missing: {}, missingAxes: head[4] ? head[4].split(", ") : [] };
-      if (head[6]) {
-        for (const part of head[6].split("; ")) {
+      current = { failed: {}, missing: {}, missingAxes: head[5] ? head[5].split(", ") : [] };
+      if (head[7]) {
+        for (const part of head[7].split("; ")) {
           const m = /^(\S+) (.*)$/.exec(part);
           if (m) current.failed[m[1]] = m[2];
         }
@@ -240,8 +241,9 @@ function renderItem(item, index, count) {
   const c = item.composite;
   if (c) {
     const value = typeof c.value === "number" ? c.value : null;
-    box.appendChild(bar("composite", "CHARIS", value,
-      { composite: true, missing: value === null ? "no composite: axes missing" : null }));
+    // the label says which axes the number covers: "CHARIS", "partial CHARIS: color, quality", ...
+    box.appendChild(bar("composite", typeof c.label === "string" && c.label ? c.label : "CHARIS", value,
+      { composite: true, missing: value === null ? (c.reason || "no composite: axes missing") : null }));
     const missing = Array.isArray(c.axes_missing) ? c.axes_missing : [];
     if (missing.length && Array.isArray(c.axes_used)) {
       box.appendChild(el("div", { cls: "ii-note ii-muted",

@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 
 import torch
 from comfy_api.latest import io
 
 from ..charis.axes import CORE_AXES, get_axis
 from ..charis.composite import FILTER_THRESHOLDS, FILTER_WEIGHTS, CompositeSpec
-from ..charis.config import CharisConfig, ClipConfig, ColorConfig, QualityConfig, VLMConfig
+from ..charis.config import CharisConfig, ClipConfig, ColorConfig, QualityConfig, VLMConfig, check_key_env
 from ..charis.evaluator import Evaluator
 from ..charis.images import from_comfy
+from ..charis.summary import summarize
 from ..core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,7 @@ def build_evaluator(clip, quality_model, grounding_dino, sam, vlm, vlm_base_url,
         raise InputError("sam" if sam == NONE else "grounding_dino", "GroundingDINO and SAM work as a pair.",
                          "Pick both, or neither for the weight-free colour segmenter.")
     api_key_env = (api_key_env or "").strip()
-    if api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
-        # never echo the value: it may be a pasted key
-        raise InputError("api_key_env", "is not the name of an environment variable.",
-                         "Put the API key in an environment variable and write only its NAME here.")
+    check_key_env(api_key_env, "api_key_env")  # never echoes the value: it may be a pasted key
     dev = _device(device)
     clip_cfg = ClipConfig(path=resolve("charis_clip", clip) if clip != NONE else None)
     if quality_model == NONE:
@@ -214,24 +211,43 @@ def score_images(ev: Evaluator, reference, generated, prompt: str, spec: Composi
 
 
 def _mean(results, axis: str | None) -> float:
-    vals = [r.composite.value if axis is None else r.value(axis) for r in results]
-    vals = [v for v in vals if v is not None]
-    return float(sum(vals) / len(vals)) if vals else MISSING
+    """Batch mean of an axis, or of the composite: over complete composites only (a partial one is
+    never averaged with a complete one; partial ones only among themselves, when they all cover the
+    same axes); MISSING when there is nothing to average."""
+    if axis is not None:
+        vals = [v for v in (r.value(axis) for r in results) if v is not None]
+        return float(sum(vals) / len(vals)) if vals else MISSING
+    s = summarize(results)
+    if s.complete:
+        return float(s.complete.mean)
+    if len(s.partial) == 1 and not s.absent:
+        return float(s.partial[0].mean)
+    return MISSING
 
 
 def _summary(results) -> str:
     lines = []
     for r in results:
         c = r.composite
-        head = f"{r.id}: CHARIS " + ("missing" if c is None or c.value is None else f"{c.value:.3f}")
-        if c and c.axes_missing:
-            head += f" (over {', '.join(c.axes_used) or 'nothing'}; missing {', '.join(c.axes_missing)})"
+        if c is None:
+            head = f"{r.id}: CHARIS missing"
+        elif c.value is None:
+            head = f"{r.id}: CHARIS missing (over {', '.join(c.axes_used) or 'nothing'}; missing {', '.join(c.axes_missing)})"
+        else:
+            head = f"{r.id}: {c.label} {c.value:.3f}" + (f" (missing {', '.join(c.axes_missing)})" if c.axes_missing else "")
         if c and c.passed is not None:
             head += " PASS" if c.passed else " REJECT (" + "; ".join(f"{k} {v}" for k, v in c.failed.items()) + ")"
         lines.append(head)
+        if c and c.value is None and c.reason:
+            lines.append(f"  why: {c.reason}")
         for name, a in r.axes.items():
             lines.append(f"  {get_axis(name).title if name in CORE_AXES else name}: "
                          + (f"{a.value:.3f}" if a.value is not None else f"missing ({a.missing})"))
+            if name == "identity" and a.details.get("contradiction"):
+                lines.append(f"  note: {a.details['consistency']['note']}")
+    s = summarize(results)
+    if len(results) > 1 or s.partial:
+        lines += s.lines()[1:]
     return "\n".join(lines)
 
 
@@ -272,6 +288,10 @@ class CharisScore(io.ComfyNode):
                 io.Combo.Input("mode", options=["benchmark", "filter"], default="benchmark",
                                tooltip="benchmark: identity, prompt, colour, quality at 0.25 each (the paper). "
                                        "filter: identity, colour, quality, diversity with the filter weights."),
+                io.Boolean.Input("allow_partial", default=False, optional=True,
+                                 tooltip="When an axis is missing (e.g. no VLM), still give a composite over the "
+                                         "others, labelled 'partial CHARIS: <axes>' (not comparable with CHARIS). "
+                                         "Off: no composite (-1) and the reason."),
             ],
             outputs=[io.Float.Output(display_name="charis", tooltip="Composite; mean over the batch; -1 when missing."),
                      *axis_outputs,
@@ -279,8 +299,8 @@ class CharisScore(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, evaluator, reference, generated, prompt, mode) -> io.NodeOutput:
-        spec = CompositeSpec(mode=mode)
+    def execute(cls, evaluator, reference, generated, prompt, mode, allow_partial=False) -> io.NodeOutput:
+        spec = CompositeSpec(mode=mode, allow_partial=bool(allow_partial))
         results = score_images(evaluator, reference, generated, prompt, spec)
         floats = [_mean(results, None), *[_mean(results, a) for a in CORE_AXES]]
         report = _report(results, spec)
@@ -311,17 +331,22 @@ class CharisFilter(io.ComfyNode):
                 *threshold_inputs,
                 io.Float.Input("min_charis", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Also require the composite to reach this (0 = off)."),
+                io.Float.Input("min_prompt", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Also require prompt adherence (VLM + CLIP) to reach this, as the paper's "
+                                       "curation does (0 = off; needs the VLM and CLIP)."),
             ],
             outputs=[io.Image.Output(display_name="passed"), io.Image.Output(display_name="rejected"),
                      io.String.Output(display_name="report"), io.Int.Output(display_name="passed_count")],
         )
 
     @classmethod
-    def execute(cls, evaluator, reference, generated, prompt, min_charis, **kw) -> io.NodeOutput:
+    def execute(cls, evaluator, reference, generated, prompt, min_charis, min_prompt=0.0, **kw) -> io.NodeOutput:
         from comfy_execution.graph_utils import ExecutionBlocker
 
         weights = {a: float(kw[f"weight_{a}"]) for a in FILTER_WEIGHTS}
         thresholds = {a: float(kw[f"min_{a}"]) for a in FILTER_THRESHOLDS if float(kw[f"min_{a}"]) > 0}
+        if min_prompt and float(min_prompt) > 0:
+            thresholds["prompt"] = float(min_prompt)
         if sum(weights.values()) <= 0:
             raise InputError("weight_identity", "all filter weights are zero.", "Give at least one axis a weight.")
         spec = CompositeSpec(mode="filter", weights=weights, thresholds=thresholds,

@@ -117,3 +117,34 @@ def test_nodes_in_the_real_server(comfy_server, tiny_clip, fake_vlm):
     assert filter_ui["charis"][0]["passed"] is True and "PASS" in filter_ui["text"][0]
     assert len(entry["outputs"]["6"]["images"]) == 1  # the passing image reached the preview
     assert len(fake_vlm.requests) >= 4
+
+
+def test_score_node_without_models_reports_no_composite_unless_partial_is_asked(charis_nodes):
+    """Issue 13: with only the colour axis available the node's CHARIS is -1 with the reason, and a
+    partial composite (on request) is labelled as such."""
+    ev = charis_nodes.build_evaluator("none", "none", "none", "none", "none", "", "", "", False, "cpu")
+    ref, gen = as_image(character()), as_image(character(dx=20))
+    out = charis_nodes.CharisScore.execute(ev, ref, gen, "p", "benchmark")
+    assert out.args[0] == -1.0 and out.args[3] > 0.9  # composite missing; colour there
+    text = out.ui["text"][0]
+    assert "CHARIS missing (over color; missing identity, prompt, quality)" in text and "why: missing identity" in text
+    out = charis_nodes.CharisScore.execute(ev, ref, gen, "p", "benchmark", allow_partial=True)
+    assert out.args[0] == pytest.approx(out.args[3])  # over colour alone, and it says so
+    assert "partial CHARIS: color" in out.ui["text"][0]
+    report = json.loads(out.args[-1])
+    assert report["results"][0]["composite"]["label"] == "partial CHARIS: color"
+
+
+def test_filter_node_prompt_criterion(charis_nodes, evaluator):
+    ref = as_image(character())
+    gen = as_image(character(dx=10))
+    kw = {"weight_identity": 0.35, "weight_color": 0.25, "weight_quality": 0.2, "weight_diversity": 0.2,
+          "min_identity": 0.0, "min_color": 0.0, "min_quality": 0.0, "min_diversity": 0.0}
+    out = charis_nodes.CharisFilter.execute(evaluator, ref, gen, "the hero waving", 0.0, **kw)
+    result = json.loads(out.args[2])["results"][0]
+    assert out.args[3] == 1 and "prompt" not in result["composite"]["failed"]  # off by default
+    out = charis_nodes.CharisFilter.execute(evaluator, ref, gen, "the hero waving", 0.0, min_prompt=0.999, **kw)
+    result = json.loads(out.args[2])["results"][0]
+    prompt = result["axes"]["prompt"]["value"]
+    assert prompt is not None and prompt < 0.999
+    assert out.args[3] == 0 and "prompt" in result["composite"]["failed"]
