@@ -37,6 +37,8 @@ def answer_for(prompt: str, scores: dict) -> str:
         return "Here you go:\n```json\n" + json.dumps({"verdicts": verdicts, "score": scores.get("identity", 3)}) + "\n```"
     if "Rate how completely" in prompt:
         return json.dumps({"score": scores.get("prompt", 4), "missing": [], "reason": "all there"})
+    if "Write the caption" in prompt:
+        return json.dumps({"caption": scores.get("caption", "the hero waving, seen from the side, plain background")})
     if "transforms the reference" in prompt:
         return json.dumps({"score": scores.get("diversity", 2), "changed": ["pose"], "reason": "new pose"})
     return json.dumps({"score": scores.get("other", 3), "reason": "ok"})

@@ -16,6 +16,7 @@ import re
 from .prompts import ATTRIBUTE_VERDICTS, TASKS
 
 MAX_TEXT = 400  # characters kept of any free-text field
+MAX_CAPTION = 600  # characters kept of a caption
 MAX_ITEMS = 40
 MAX_STARTS = 64  # opening brackets tried per candidate text
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
@@ -112,6 +113,8 @@ def valid_answer(task: str, value) -> bool:
     if kind == "verdicts" and not isinstance(value.get("verdicts"), list):
         return False
     if kind == "attributes" and not (isinstance(value.get("attributes"), list) and value["attributes"]):
+        return False
+    if kind == "caption" and not (isinstance(value.get("caption"), str) and len(value["caption"]) >= 3):
         return False
     return True
 
@@ -211,4 +214,12 @@ def parse_answer(task: str, text) -> tuple[dict | None, str | None]:
         if raw and not verdicts:
             return None, f"no verdict is one of {', '.join(ATTRIBUTE_VERDICTS)}"
         return {"score": score, "verdicts": verdicts}, None
+    if kind == "caption":
+        raw = obj.get("caption") if isinstance(obj, dict) else None
+        if raw is None and obj is None and isinstance(text, str) and "{" not in text:
+            raw = text  # a bare sentence is a caption too
+        caption = _text(raw, MAX_CAPTION) if isinstance(raw, str) else ""
+        if len(caption) < 3:
+            return None, "no 'caption' text in the reply"
+        return {"caption": caption}, None
     return None, f"task kind {kind!r} has no parser"  # pragma: no cover

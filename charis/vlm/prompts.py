@@ -23,7 +23,7 @@ class Task:
     name: str
     images: tuple[str, ...]  # which pictures, in order: "reference", "generated"
     template: str
-    kind: str  # "attributes", "verdicts" or "score"
+    kind: str  # "attributes", "verdicts", "score" or "caption"
 
     def render(self, **fields) -> str:
         return self.template.format(**{k: v for k, v in fields.items()})
@@ -116,8 +116,17 @@ framing or background where the prompt asked for something else), the score must
 2 = partly follows it; 1 = barely, or mostly a copy of the first image; 0 = ignores it. """ + RUBRIC_0_4 + """
 Answer with JSON of exactly this shape: {{"score": 3, "copied": false, "reason": "one sentence"}}""", "score")
 
+CAPTION = Task("caption", ("generated",), """\
+The image is a training picture of a character for an image generator; it was made for this prompt:
+"{prompt}".
+Write the caption the picture should be trained with: one or two sentences describing what is actually
+visible -- the character's pose, action, expression and viewpoint, what it wears and holds, the scene or
+background, and the style. Keep what the prompt says where the picture shows it; correct or leave out
+what it does not show. No opinions, no quality words, no mention of "the image" or "the prompt".
+Answer with JSON of exactly this shape: {{"caption": "..."}}""", "caption")
+
 TASKS = {t.name: t for t in (IDENTITY_ATTRIBUTES, IDENTITY_JUDGE, PROMPT, DIVERSITY, DREAMBENCH_CP,
-                             DREAMBENCH_PF, DREAMBENCH_CP_DEBIASED, DREAMBENCH_PF_DEBIASED)}
+                             DREAMBENCH_PF, DREAMBENCH_CP_DEBIASED, DREAMBENCH_PF_DEBIASED, CAPTION)}
 
 RETRY_HINT = ("\n\nYour previous answer could not be used ({problem}). Reply again with only the JSON object "
               "in the shape given above.")
