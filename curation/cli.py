@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from .captions import CAPTION_MODES, make_captioner
 from .filters import FILTER_MODES, make_filter
 from .pairs import PAIRINGS
 from .pipeline import CurationConfig, curate, folder_sources, load_picture, split_sheet
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--min-cell", type=int, default=32, help="smallest usable cell side in pixels")
     c.add_argument("--filter", choices=FILTER_MODES, default="off", help="filter pairs with CHARIS (filter mode)")
     c.add_argument("--charis-config", type=Path, help="CHARIS config (TOML/JSON) naming the local models for --filter charis")
+    c.add_argument("--caption", choices=CAPTION_MODES, default="cell",
+                   help="cell: the cell prompt is the caption; vlm: the VLM of --charis-config describes each target "
+                        "(cached; the cell prompt stays when no VLM is configured)")
     c.add_argument("--grid", type=_grid, help="ROWSxCOLS for sheets without a layout file")
     c.add_argument("--gutter", type=int, default=0, help="gutter in px for --grid")
     c.add_argument("--captions", type=Path, help="text file, one caption per cell, for --grid")
@@ -91,7 +95,8 @@ def cmd_curate(args) -> int:
         raise InputError("sheets", f"no character sheets found under {args.sheets}.",
                          "Use sheets saved by the Save Character Sheet node, or give --grid ROWSxCOLS.")
     bar = tqdm(total=len(sources), unit="sheet", disable=None)
-    report = curate(sources, args.dataset, config, pair_filter, progress=lambda n: bar.update(1))
+    captioner = make_captioner(args.caption, config_path=str(args.charis_config) if args.charis_config else None)
+    report = curate(sources, args.dataset, config, pair_filter, progress=lambda n: bar.update(1), captioner=captioner)
     bar.close()
     report.skipped_sheets = pre.skipped_sheets + report.skipped_sheets
     text = report.text()

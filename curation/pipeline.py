@@ -23,6 +23,7 @@ from ..core.imagefile import load_rgb, to_uint8
 from ..core.regions import crop_cells
 from . import pairs as PA
 from .dataset import DatasetWriter
+from .captions import Captioner
 from .filters import PairFilter, as_verdict
 from .sheets import SheetInfo, find_sheets, read_sheet_info
 
@@ -116,7 +117,7 @@ def _stable_order(key: str, items: list) -> list:
 
 
 def curate_sheet(writer: DatasetWriter, source: SheetSource, config: CurationConfig, report: CurationReport,
-                 pair_filter: PairFilter | None = None) -> None:
+                 pair_filter: PairFilter | None = None, captioner: Captioner | None = None) -> None:
     name = source.name
     image = load_picture(source.image) if isinstance(source.image, (str, Path)) else to_uint8(source.image)
     info = source.info
@@ -171,7 +172,11 @@ def curate_sheet(writer: DatasetWriter, source: SheetSource, config: CurationCon
                 continue
         ref_path, tgt_path = writer.image(ref.image), writer.image(tgt.image)
         meta = {"sheet": name, "character": info.character, "cells": [ref.index + 1, tgt.index + 1]}
-        if writer.add(ref_path, tgt_path, tgt.caption, **meta):
+        caption = tgt.caption
+        if captioner is not None:  # a VLM caption of what the target shows (captions.py); else the cell prompt
+            cap = captioner(tgt.image, tgt.caption)
+            caption, meta["caption_source"], meta["cell_prompt"] = cap.text, cap.source, tgt.caption
+        if writer.add(ref_path, tgt_path, caption, **meta):
             report.written += 1
         else:
             report.already_present += 1
@@ -180,6 +185,7 @@ def curate_sheet(writer: DatasetWriter, source: SheetSource, config: CurationCon
 
 def curate(sources: Iterable[SheetSource], dataset_dir: str | Path, config: CurationConfig | None = None,
            pair_filter: PairFilter | None = None, progress: Callable[[int], None] | None = None,
+           captioner: Captioner | None = None,
            check_interrupt: Callable[[], None] | None = None) -> CurationReport:
     """Curate ``sources`` into the dataset at ``dataset_dir`` (created if needed; resumable)."""
     config = (config or CurationConfig()).validate()
@@ -188,7 +194,7 @@ def curate(sources: Iterable[SheetSource], dataset_dir: str | Path, config: Cura
         for i, source in enumerate(sources):
             if check_interrupt is not None:
                 check_interrupt()
-            curate_sheet(writer, source, config, report, pair_filter)
+            curate_sheet(writer, source, config, report, pair_filter, captioner)
             if progress is not None:
                 progress(i + 1)
         writer.write_report(report.to_dict())

@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from ..core.errors import InputError
 from ..core.imagefile import to_uint8
 from ..curation import filters as FI
+from ..curation.captions import CAPTION_MODES, make_captioner
 from ..curation.pairs import PAIRINGS
 from ..curation.pipeline import CurationConfig, SheetSource, curate, curate_folder
 from ..curation.sheets import SheetInfo, find_sheets
@@ -47,6 +48,9 @@ def _options():
         io.Float.Input("blank_std", default=0.02, min=0.0, max=1.0, step=0.005, tooltip="Cells with less variation than this are blank (dropped)."),
         io.Combo.Input("filter", options=list(FI.FILTER_MODES), default="off",
                        tooltip="charis: keep only pairs that pass CHARIS in filter mode (identity, colour, quality, diversity)."),
+        io.Combo.Input("caption", options=list(CAPTION_MODES), default="cell", optional=True,
+                       tooltip="cell: the cell prompt is the caption; vlm: the CHARIS Loader's VLM describes each target "
+                               "(cached; the cell prompt stays when the loader has no VLM)."),
         CharisEvaluator.Input("charis", optional=True, tooltip="The CHARIS Loader's evaluator (needed for filter = charis)."),
     ]
 
@@ -60,6 +64,13 @@ def _filter(mode: str, charis):
         raise InputError("charis", "filter is 'charis' but no CHARIS evaluator is connected.",
                          "Connect a CHARIS Loader (with the models it should use) to 'charis', or set filter to 'off'.")
     return FI.make_filter(mode, evaluator=charis)
+
+
+def _captioner(mode: str, charis):
+    if mode == "vlm" and charis is None:
+        raise InputError("charis", "caption is 'vlm' but no CHARIS evaluator is connected.",
+                         "Connect a CHARIS Loader with a VLM to 'charis', or set caption to 'cell'.")
+    return make_captioner(mode, evaluator=charis)
 
 
 def _progress(total: int):
@@ -102,13 +113,13 @@ class SheetsToDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, sheets_folder, dataset_folder, pairing, max_pairs_per_sheet, near_duplicate, blank_std, filter,
-                charis=None) -> io.NodeOutput:
+                charis=None, caption="cell") -> io.NodeOutput:
         out_dir = folder_paths.get_output_directory()
         src = inside(out_dir, sheets_folder, "sheets_folder")
         dst = inside(out_dir, dataset_folder, "dataset_folder")
         total = len(find_sheets(src)) if src.is_dir() else 1
         report = curate_folder(src, dst, _config(pairing, max_pairs_per_sheet, near_duplicate, blank_std), _filter(filter, charis),
-                               progress=_progress(total),
+                               progress=_progress(total), captioner=_captioner(caption, charis),
                                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         return io.NodeOutput(report.text(), str(dst / "pairs.jsonl"))
 
@@ -134,7 +145,7 @@ class CurateSheet(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, layout, dataset_folder, character, pairing, max_pairs_per_sheet, near_duplicate, blank_std, filter,
-                charis=None) -> io.NodeOutput:
+                charis=None, caption="cell") -> io.NodeOutput:
         dst = inside(folder_paths.get_output_directory(), dataset_folder, "dataset_folder")
         sources = []
         for b in range(images.shape[0]):
@@ -142,7 +153,7 @@ class CurateSheet(io.ComfyNode):
             name = f"{character or 'sheet'}#{hashlib.sha256(arr.tobytes()).hexdigest()[:10]}"
             sources.append(SheetSource(arr, SheetInfo(layout, character=character), name))
         report = curate(sources, dst, _config(pairing, max_pairs_per_sheet, near_duplicate, blank_std), _filter(filter, charis),
-                        progress=_progress(len(sources)),
+                        progress=_progress(len(sources)), captioner=_captioner(caption, charis),
                         check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         return io.NodeOutput(report.text(), str(dst / "pairs.jsonl"))
 
