@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import InputError
 from .images import Picture
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def rescale_clip(cos: float, lo: float | None = None, hi: float | None = None) -
     With ``lo``/``hi``: ``clamp((cos - lo) / (hi - lo), 0, 1)``."""
     if lo is not None and hi is not None:
         if hi <= lo:
-            raise ValueError(f"clip rescaling needs lo < hi, got lo={lo}, hi={hi}")
+            raise InputError("clip.rescale", f"needs lo < hi, got lo={lo}, hi={hi}.", "E.g. rescale = [0.15, 0.35].")
         return min(max((cos - lo) / (hi - lo), 0.0), 1.0)
     return min(max(CLIPSCORE_W * max(cos, 0.0), 0.0), 1.0)
 
@@ -94,11 +95,11 @@ class ClipModel:
             self.arch = f"local-dir:{path.name}"
         else:
             if not path.is_file():
-                raise FileNotFoundError(f"CLIP weights not found: {path}")
+                raise InputError("clip.path (--clip)", f"CLIP weights not found: {path}.", "Check the path.")
             arch = arch or arch_from_filename(path)
             if not arch:
-                raise ValueError(f"cannot tell the open_clip architecture of {path.name}; name the file after it "
-                                 "(e.g. RN50-quickgelu.pt) or give the architecture explicitly")
+                raise InputError("clip.arch (--clip-arch)", f"cannot tell the open_clip architecture of {path.name}.",
+                                 "Name the file after it (e.g. RN50-quickgelu.pt) or give --clip-arch.")
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=self.device)
             self.tokenizer = open_clip.get_tokenizer(arch)
             self.arch = arch
@@ -186,7 +187,8 @@ class ClipIQA:
         self.pairs = tuple(tuple(p) for p in pairs)
         self.native = clip.is_resnet if native_resolution is None else bool(native_resolution)
         if self.native and not clip.is_resnet:
-            raise ValueError("native-resolution CLIP-IQA needs a ResNet CLIP (e.g. RN50); ViTs need resizing")
+            raise InputError("quality.native_resolution", "native-resolution CLIP-IQA needs a ResNet CLIP (e.g. RN50).",
+                             "Set native_resolution = false for a ViT CLIP (it is then resized).")
         self.max_side = max_side
 
     def prompts(self) -> list[str]:

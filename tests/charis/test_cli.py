@@ -151,3 +151,75 @@ def test_accelerate_launch_two_processes(tmp_path):
     results = read_results(out)
     assert sorted(r.id for r in results) == [f"hero__{i}" for i in range(4)]
     assert all(r.ok for r in results) and not list(tmp_path.glob("res.jsonl.part*"))
+
+
+def test_pair_with_no_models_is_honestly_labelled(tmp_path, capsys):
+    """Issue 13: no VLM, no CLIP -> only the colour axis; the CLI must not call that "CHARIS"."""
+    character().save(tmp_path / "a.png")
+    character(dx=30, background=(200, 220, 255)).save(tmp_path / "b.png")
+    assert cli.main(["pair", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    assert head.startswith("b: CHARIS absent: missing identity: no VLM configured")
+    assert "quality: no CLIP-IQA model configured" in head and "--allow-partial" in head
+    assert "color" in out and "CHARIS 0." not in out
+    assert json.loads((tmp_path / "r.json").read_text())["composite"]["value"] is None
+    assert cli.main(["pair", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--allow-partial"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("b: partial CHARIS: color ")
+
+
+def test_batch_summary_keeps_partial_apart_and_shows_coverage(tmp_path, capsys):
+    src = make_pairs(tmp_path / "data", n=2)
+    assert cli.main(["batch", str(src), "--out", str(tmp_path / "r.jsonl"), "--allow-partial",
+                     "--html", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "mean CHARIS: n/a (no item has every axis of the composite)" in out
+    assert "mean partial CHARIS: color " in out and "not comparable" in out
+    assert "axis coverage: identity 0/2, prompt 0/2, color 2/2, quality 0/2, diversity 0/2" in out
+    page = (tmp_path / "r.html").read_text()
+    assert "partial CHARIS: color" in page and "axis coverage" in page
+
+
+def test_scoring_leaves_the_thread_count_alone(tmp_path):
+    """Issue 13: the colour axis used to set torch's global thread count (a race under --workers)."""
+    import torch
+
+    from instruct_identity.charis import CharisConfig, Evaluator, Item
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        items = [Item(f"i{k}", tmp_path / "a.png", tmp_path / f"g{k}.png") for k in range(4)]
+        character().save(tmp_path / "a.png")
+        for k in range(4):
+            character(dx=5 * k).save(tmp_path / f"g{k}.png")
+        seen = []
+        ev = Evaluator(CharisConfig(axes=["color"]))
+        real = ev.metric("color").segmenter._segment
+
+        def watching(pic):
+            seen.append(torch.get_num_threads())
+            return real(pic)
+
+        ev.metric("color").segmenter._segment = watching
+        results = list(ev.score_batch(items, workers=3))
+        assert all(r.axes["color"].value is not None for r in results)
+        assert torch.get_num_threads() == 2 and set(seen) <= {2}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_config_errors_name_the_input(tmp_path):
+    from instruct_identity.charis.config import load_config
+    from instruct_identity.core.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        load_config(None, {"mode": "ranking"})
+    assert e.value.input_name == "mode" and "benchmark, filter" in str(e.value)
+    (tmp_path / "c.toml").write_text("mode = [")
+    with pytest.raises(InputError, match="--config: .*is not valid TOML"):
+        load_config(tmp_path / "c.toml")
+    with pytest.raises(InputError, match="clip.rescale"):
+        load_config(None, {"clip": {"rescale": [0.4, 0.1]}})
+    with pytest.raises(InputError, match="axes: unknown CHARIS axis 'colour'"):
+        load_config(None, {"axes": ["colour"]})
