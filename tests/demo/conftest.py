@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_helpers import write_base  # noqa: E402
+from demo_helpers import write_base
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,6 @@ def demo_models(comfy, tmp_path_factory):
     """A folder with a random base (``small_base.safetensors``) and a non-base file, registered as a demo
     base folder of this process."""
     import folder_paths
-
     from instruct_identity.miniature import demo
 
     root = tmp_path_factory.mktemp("demo-models")
@@ -29,3 +28,13 @@ def demo_models(comfy, tmp_path_factory):
     demo.register_folders()
     folder_paths.add_model_folder_path(demo.BASE_FOLDER, str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """A real ComfyUI server (main.py --cpu) with this pack and no model files: the demo needs none."""
+    import ii_harness
+
+    srv = ii_harness.start_server(tmp_path_factory.mktemp("demo-server"))
+    yield srv
+    srv.stop()

@@ -4,11 +4,10 @@ loader that assumed the shipped model's size fails) and random LoRAs for them.""
 from __future__ import annotations
 
 import torch
-
 from instruct_identity.miniature import components
 
 # hidden 96 / 2 heads / 1+1 blocks / 24-wide words: none of it the shipped base's configuration
-SMALL = dict(hidden=96, heads=2, double=1, single=1, text_dim=24)
+SMALL = {"hidden": 96, "heads": 2, "double": 1, "single": 1, "text_dim": 24}
 TEXT = components.WordEncoder(dim=24, tokens=12, seed=3).spec  # whatever kind the miniature's encoder is
 SIZE = 16
 

@@ -3,14 +3,12 @@ VAE / CLIP stand-ins, ComfyUI's LoRA code on its model, the Reference node + sam
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pytest
 import torch
 from demo_helpers import SIZE, SMALL, TEXT, write_lora
-
 from instruct_identity.core.errors import InputError
 
 
@@ -110,9 +108,12 @@ def test_stock_lora_loaders_patch_the_model_and_leave_the_text_encoder(loaded, l
 
 def run_graph(loaded, model, image, text, steps=3, seed=1):
     """What the demo template does, through the pack's node code and ComfyUI's sampler."""
-    import nodes as comfy_nodes
+    from instruct_identity.nodes.reference import (
+        InstructIdentityDecodeTarget,
+        InstructIdentityReference,
+    )
 
-    from instruct_identity.nodes.reference import InstructIdentityDecodeTarget, InstructIdentityReference
+    import nodes as comfy_nodes
 
     (cond,) = comfy_nodes.CLIPTextEncode().encode(loaded.clip, text)
     ref = InstructIdentityReference.execute(model, loaded.vae, cond, image, 0, 0, "pad", "#ffffff", 1, "auto", 1.0)
@@ -152,7 +153,6 @@ def test_bundled_references_are_pictures_and_unknown_names_are_explained():
 
 def test_demo_folders_are_registered_for_comfyuis_lora_list(comfy):
     import folder_paths
-
     from instruct_identity.miniature import demo
 
     demo.register_folders()

@@ -33,10 +33,8 @@ PICTURE_BUDGET_S = 120.0  # issue 15: the run command's picture within 2 minutes
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ii_harness.start_server(tmp_path_factory.mktemp("demo-server"))  # no model files: the demo needs none
-    yield srv
-    srv.stop()
+def server(demo_server):
+    return demo_server
 
 
 def demo_prompt() -> dict:

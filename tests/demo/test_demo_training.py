@@ -9,9 +9,8 @@ import logging
 import numpy as np
 import pytest
 from demo_helpers import SIZE, write_base
-from PIL import Image
-
 from instruct_identity.core.errors import InputError
+from PIL import Image
 
 
 def palette_colours(rgb) -> set:
@@ -62,7 +61,6 @@ def test_bad_sizes_are_explained(tmp_path):
 def test_trainer_trains_on_a_miniature_base_with_a_generated_dataset(comfy, tmp_path, monkeypatch, caplog):
     import comfy.sd
     import comfy.utils
-
     from instruct_identity.miniature import demo, demo_data
     from instruct_identity.training.config import load_config
     from instruct_identity.training.trainer import train
