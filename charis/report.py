@@ -97,6 +97,9 @@ def _details(r: PairResult) -> str:
         rows = "".join(f"<li><b>{esc(a.get('attribute'))}</b>: {esc(a.get('value'))}</li>"
                        for a in ident.details["attributes"])
         parts.append(f"<details><summary>reference attributes</summary><ul>{rows}</ul></details>")
+    if ident and ident.details.get("contradiction"):
+        parts.append(f"<div class='small nopass'>identity answer contradicts itself: "
+                     f"{esc(ident.details.get('consistency', {}).get('note'))}</div>")
     col = r.axes.get("color")
     if col and col.details.get("reference_regions"):
         def sw(regions):
