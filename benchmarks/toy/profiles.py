@@ -26,9 +26,9 @@ class Profile:
 
 PROFILES = {
     "full": Profile("full", size=32, unet=dict(hidden=192, heads=3, double=2, single=2),
-                    pretrain=dict(steps=2200, batch=32, sheet_batch=16, sheet_ratio=0.35, lr=1e-3, warmup=100),
-                    lora=dict(steps=300, batch=16, rank=16, lr=1e-3),
-                    train_pairs=2000, eval_items=48, heldout_pairs=32, sample_steps=30, seeds=3),
+                    pretrain=dict(steps=1400, batch=32, sheet_batch=16, sheet_ratio=0.35, lr=1e-3, warmup=80),
+                    lora=dict(steps=200, batch=16, rank=16, lr=1e-3),
+                    train_pairs=2000, eval_items=32, heldout_pairs=24, sample_steps=24, seeds=3),
     "quick": Profile("quick", size=32, unet=dict(hidden=64, heads=2, double=1, single=1),
                      pretrain=dict(steps=6, batch=8, sheet_batch=4, sheet_ratio=0.5, lr=1e-3, warmup=2),
                      lora=dict(steps=3, batch=4, rank=4, lr=1e-3),

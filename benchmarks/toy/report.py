@@ -258,6 +258,16 @@ def render(results: dict, images_rel: str) -> str:
               *paired_table(results), "", "## What it shows", ""]
     lines += [f"* {f}" for f in findings(results)]
     lines += ["", *FULL_LOSS_READING, ""]
+    if results.get("history"):
+        lines += ["## What was tried for the base", "",
+                  "Earlier bases, measured with the same text-to-image check (fewer samples), before the design above:",
+                  "", "| base | CFG | samples | part colour acc | silhouette IoU |", "|---|---|---|---|---|"]
+        for h in results["history"]:
+            lines.append(f"| {h['base']} | {h['cfg']:g} | {h['samples']} | {fmt(h['part_color_acc'])} | {fmt(h['sil_iou'])} |")
+        lines += ["", "The first issue-11 base learned the poses but not the colours: a token's phrase context was the "
+                  "mean of the phrase's words, so \"head\" was a third of the key of \"red\" in \"a red head\" among "
+                  "varying colour words, and binding a colour to its part was slow to learn. The encoder now keeps the "
+                  "word and its phrase's head noun in separate halves of the token vector.", ""]
     lines += ["## Deviations from the paper", "",
               "* Scale: a 32 px procedural world and a ~4M-parameter FLUX-architecture model pre-trained here for "
               "minutes (not FLUX.1-dev); small LoRAs for hundreds of steps (paper: r = 512, 10,000 steps, lr 1e-4, "
@@ -265,6 +275,18 @@ def render(results: dict, images_rel: str) -> str:
               "* Metrics: the paper's Table 2 uses DreamBench++ (GPT-4o) and the full CHARIS composite; here CHARIS's "
               "colour axis, and exact per-part colours, silhouettes and copy-paste against the known ground truth.",
               "* Captions name only the target pose; latent = pixels; a fixed word-vector text encoder; fp32 on the CPU.",
+              "", "## Rerun, add runs", "",
+              f"* Full: `.venv/bin/python -m benchmarks.toy.run` (this page, the JSON, the pictures and the demo files; "
+              f"pre-training {b['pretrain'].get('wall_s', 0) / 60:.0f} min wall plus the jobs "
+              f"{results['job_wall_s'] / 60 / max(1, results['workers']):.0f} min wall at {results['workers']} parallel "
+              "jobs, on this shared 2-core machine). Quick smoke test (CI, `tests/toy`): add `--quick`.",
+              "* Every job (a configuration at a seed, or a zero-shot row) is cached under `.cache/toy/<profile>/runs/` by "
+              "a hash of its full configuration; the base under `.cache/toy/base-cache/` by a hash of its own.",
+              "* To add a configuration, add an entry to `CONFIGS` in `benchmarks/toy/run.py`, e.g. `{\"name\": "
+              "\"B-masked-one_way\", \"preset\": \"B\", \"loss\": \"masked\", \"label\": \"...\", \"extra\": "
+              "{\"reference_attention\": \"one_way\"}}` (`extra` is merged into the trainer config), then run "
+              "`--runs B-masked-one_way`: only its seeds train, the rest comes from the cache. `--report-only` "
+              "regenerates this page from the JSON.",
               "", "## Per run", "", *per_seed_table(results), "", "## Pictures", "",
               "Each triplet: reference | ground truth | output (held-out characters; first seed of each configuration; "
               "first half of each grid from the distinct split, second half from the near split).", ""]
