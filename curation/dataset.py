@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.files import atomic_write_bytes, atomic_write_text
+from ..core.files import atomic_write_bytes, atomic_write_text, clean_stale_temporaries
 from ..core.imagefile import png_bytes
 from .pairs import content_id
 
@@ -92,6 +92,10 @@ class DatasetWriter:
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             self._locked = True
+            # half-written files of a killed run: nobody else writes here while we hold the lock
+            for folder in (self.root, self.images):
+                for stale in clean_stale_temporaries(folder, older_than_s=0):
+                    log.info("removed %s (left by an interrupted run)", stale)
             return self
         raise InputError("dataset", f"could not lock {self.root}.", f"Delete {lock} and retry.")
 

@@ -116,12 +116,23 @@ def _stable_order(key: str, items: list) -> list:
     return sorted(items, key=lambda it: hashlib.sha256(f"{key}:{it}".encode()).hexdigest())
 
 
+def _unreadable(e: InputError) -> str:
+    """Why a sheet was skipped: the problem and its fix (and what was at fault, unless it is the sheet)."""
+    what = "" if e.input_name in ("sheet", "image") else f"{e.input_name}: "
+    return f"unreadable: {what}{e.problem} {e.fix}".strip()
+
+
 def curate_sheet(writer: DatasetWriter, source: SheetSource, config: CurationConfig, report: CurationReport,
                  pair_filter: PairFilter | None = None, captioner: Captioner | None = None) -> None:
     name = source.name
-    image = load_picture(source.image) if isinstance(source.image, (str, Path)) else to_uint8(source.image)
     info = source.info
-    cells = split_sheet(image, info)
+    try:  # one unreadable sheet (empty, truncated, oversized) is reported and skipped, never fatal
+        image = load_picture(source.image) if isinstance(source.image, (str, Path)) else to_uint8(source.image)
+        cells = split_sheet(image, info)
+    except InputError as e:
+        report.skipped_sheets.append(Dropped(name, "sheet", _unreadable(e)))
+        log.warning("skipped sheet %s: %s", name, e)
+        return
     captions = [c.strip() for c in info.layout.captions]
     report.sheets += 1
     report.cells += len(cells)
@@ -214,7 +225,8 @@ def folder_sources(folder: str | Path, fallback: SheetInfo | None = None, recurs
             info = read_sheet_info(path)
         except InputError as e:
             if report is not None:
-                report.skipped_sheets.append(Dropped(name, "sheet", f"unreadable description: {e}"))
+                report.skipped_sheets.append(Dropped(name, "sheet", _unreadable(e)))
+            log.warning("skipped sheet %s: %s", name, e)
             continue
         if info is None:
             if fallback is None:

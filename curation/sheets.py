@@ -23,8 +23,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..core.errors import InputError, closest
 from ..core.files import atomic_write_text
+from ..core.limits import MAX_REGIONS, MAX_SHEETS_PER_BATCH
 from ..core.regions import RegionLayout, grid_layout, prompt_lines
 
 SHEET_FORMAT = "instruct-identity-sheet"
@@ -143,7 +144,19 @@ def _characters_json(text: str, name: str) -> list[Character]:
 
 
 def _characters_csv(text: str, name: str) -> list[Character]:
-    rows = list(csv.reader(io.StringIO(str(text).strip())))
+    reader = csv.reader(io.StringIO(str(text).strip()), strict=True)
+    rows, start = [], 1
+    try:
+        for row in reader:
+            rows.append(row)
+            start = reader.line_num + 1
+    except csv.Error as e:  # strict: a stray or unclosed quote is an error, not a field that eats the rest
+        if "end of data" in str(e):
+            problem = f"CSV line {start}: a quoted field is never closed (its quote runs to the end of the text)."
+        else:
+            problem = f"CSV line {start} is malformed: {e}."
+        raise InputError(name, problem, 'Close every opening quote ("like, this"), double a quote inside a quoted field '
+                                        '("say ""hi"""), or remove the quotes.') from None
     if not rows:
         return []
     header = [c.strip().lower() for c in rows[0]]
@@ -207,6 +220,20 @@ class SheetPlan:
         return self.character.name
 
 
+_PLACEHOLDER = re.compile(r"\{([^{}\s]*)\}")
+
+
+def check_template(template: str, allowed, name: str) -> None:
+    """Refuse ``{placeholders}`` the template cannot fill (a typo would otherwise reach the prompt)."""
+    for m in _PLACEHOLDER.finditer(str(template)):
+        key = m.group(1)
+        if key not in allowed:
+            near = closest(key, allowed)
+            known = ", ".join("{" + a + "}" for a in allowed)
+            raise InputError(name, f"unknown placeholder {{{key}}}.",
+                             (f"Did you mean {{{near}}}? " if near else "") + f"Use {known}.")
+
+
 def fill(template: str, **values: str) -> str:
     out = str(template)
     for k, v in values.items():
@@ -217,7 +244,12 @@ def fill(template: str, **values: str) -> str:
 def plan_sheets(characters: str, poses: str, seed: int = 0, fmt: str = "auto", base_template: str = DEFAULT_BASE_TEMPLATE,
                 cell_template: str = DEFAULT_CELL_TEMPLATE, folder: str = "character_sheets", max_cells: int | None = None) -> list[SheetPlan]:
     """One :class:`SheetPlan` per character (characters x poses)."""
+    check_template(base_template, ("name", "description"), "base_template")
+    check_template(cell_template, ("pose", "name", "description"), "cell_template")
     chars = parse_characters(characters, fmt)
+    if len(chars) > MAX_SHEETS_PER_BATCH:
+        raise InputError("characters", f"{len(chars)} characters, more than the {MAX_SHEETS_PER_BATCH} sheets one batch may queue.",
+                         "Split the list over several runs (the server's owner can raise II_MAX_SHEETS_PER_BATCH, docs/limits.md).")
     shared = parse_poses(poses) if str(poses or "").strip() else []
     plans = []
     folder = "/".join(safe_name(p, "sheets") for p in re.split(r"[\\/]+", str(folder or "").strip()) if p.strip())
@@ -225,6 +257,9 @@ def plan_sheets(characters: str, poses: str, seed: int = 0, fmt: str = "auto", b
         ps = list(c.poses) or shared
         if not ps:
             raise InputError("poses", f"no poses for '{c.name}'.", "Write one pose per line (or give the character its own poses).")
+        if len(ps) > MAX_REGIONS:
+            raise InputError("poses", f"'{c.name}' has {len(ps)} poses, more than the {MAX_REGIONS} cells a sheet may have.",
+                             "Use fewer poses per sheet (split them over several characters' sheets).")
         if max_cells is not None and len(ps) > max_cells:
             raise InputError("poses", f"'{c.name}' has {len(ps)} poses but the sheet has {max_cells} cells.",
                              "Add rows or columns to the grid, or remove poses.")
@@ -290,15 +325,39 @@ def read_sheet_info(image_path: Path) -> SheetInfo | None:
         try:
             return SheetInfo.from_dict(json.loads(side.read_text(encoding="utf-8")), str(side))
         except json.JSONDecodeError as e:
-            raise InputError(str(side), f"is not valid JSON ({e.msg}).", "Delete it or save the sheet again.") from None
+            raise InputError("sheet", f"{side} is not valid JSON ({e.msg}).", "Delete it or save the sheet again.") from None
     if image_path.suffix.lower() == ".png" and image_path.is_file():
-        from PIL import Image
-
-        with Image.open(image_path) as im:
-            text = (getattr(im, "text", None) or {}).get(PNG_KEY)
+        text = _png_sheet_chunk(image_path)
         if text:
-            return SheetInfo.from_dict(json.loads(text), str(image_path))
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(str(image_path), f"its sheet description is not valid JSON ({e.msg}).",
+                                 "Save the sheet again (or put a .sheet.json next to it).") from None
+            return SheetInfo.from_dict(data, str(image_path))
     return None
+
+
+def _png_sheet_chunk(path: Path) -> str | None:
+    """The sheet chunk of a PNG, read without decoding the pixels when it sits before them (as Pillow
+    and ComfyUI write it); a chunk after the pixels is read only for pictures within the size limit.
+    Unreadable, empty or oversized files raise :class:`InputError` naming the file."""
+    from PIL import UnidentifiedImageError
+
+    from ..core.imagefile import MAX_IMAGE_PIXELS, _pil
+
+    if path.stat().st_size == 0:
+        raise InputError("sheet", f"{path} is an empty (0-byte) file.", "Replace or delete the file.")
+    Image = _pil()
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(PNG_KEY)
+            if text is None and im.size[0] * im.size[1] <= MAX_IMAGE_PIXELS:
+                text = (getattr(im, "text", None) or {}).get(PNG_KEY)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InputError("sheet", f"{path} is not a picture Pillow can read, or it is truncated ({e}).",
+                         "Re-export or replace the file.") from None
+    return text if isinstance(text, str) else None
 
 
 def find_sheets(folder: Path, recursive: bool = True) -> list[Path]:

@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..core import regions as R
 from ..core.errors import InputError
+from ..core.limits import MAX_REGIONAL_TOKENS, check_region_masks
 from ..engine import regional as P
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class LayoutFromMasks(io.ComfyNode):
     @classmethod
     def execute(cls, masks, prompts, threshold, add_to=None, background_prompt="") -> io.NodeOutput:
         layout = add_to
+        if layout is not None:  # the new masks are scaled to the layout's canvas: check before allocating
+            check_region_masks(len(layout) + (masks.shape[0] if masks.ndim == 3 else 1), layout.width, layout.height, "masks")
         if layout is not None and masks.shape[-2:] != (layout.height, layout.width):
             masks = torch.nn.functional.interpolate(masks.float().reshape(-1, 1, *masks.shape[-2:]), size=(layout.height, layout.width),
                                                     mode="bilinear", align_corners=False).squeeze(1)
@@ -151,6 +154,25 @@ def encode_prompt(clip, text: str) -> torch.Tensor:
     return cond[0][0]
 
 
+def check_regional_tokens(layout: R.RegionLayout, text_tokens: int) -> None:
+    """The joint-attention mask is ``L x L`` for ``L`` = text + image tokens: refuse before building it."""
+    rows, cols = R.token_grid(layout.height, layout.width)
+    total = int(text_tokens) + rows * cols
+    if total > MAX_REGIONAL_TOKENS:
+        raise InputError("layout", f"regional prompting on a {layout.width}x{layout.height} canvas with {len(layout)} regional "
+                                   f"prompts needs an attention mask over {total} tokens ({rows * cols} image + {text_tokens} "
+                                   f"text), over the {MAX_REGIONAL_TOKENS} token limit.",
+                         "Use a smaller canvas or fewer (or shorter) regional prompts; the server's owner can raise "
+                         "II_MAX_REGIONAL_TOKENS (docs/limits.md).")
+
+
+def _tokens(conditioning) -> int:
+    try:
+        return max(int(c[0].shape[1]) for c in conditioning)
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return 0
+
+
 def apply_regional(model, clip, conditioning, layout: R.RegionLayout, image_attention: str, options: P.RegionalOptions):
     """(patched model, regional conditioning) -- the whole node as a plain function."""
     if clip is None:
@@ -159,6 +181,9 @@ def apply_regional(model, clip, conditioning, layout: R.RegionLayout, image_atte
         raise InputError("layout", "the layout has no regions.", "Give the layout at least one region.")
     options.validate()
     P.flux_block_counts(model)
+    # a lower bound (the base prompt, at least one token per regional prompt) before anything is encoded
+    groups = sum(1 for p in layout.prompts if p.strip()) + bool(layout.background_prompt.strip())
+    check_regional_tokens(layout, max(_tokens(conditioning) + groups, P.text_padding(model)))
     cache: dict[str, torch.Tensor] = {}
 
     def enc(text):
@@ -171,6 +196,8 @@ def apply_regional(model, clip, conditioning, layout: R.RegionLayout, image_atte
 
     embeds = [enc(p) for p in layout.prompts]
     background = enc(layout.background_prompt) if layout.background_prompt else None
+    text = _tokens(conditioning) + sum(0 if e is None else int(e.shape[1]) for e in embeds + [background])
+    check_regional_tokens(layout, max(text, P.text_padding(model)))  # exact, before the mask is built
     cond, texts = P.regional_conditioning(conditioning, embeds, layout, image_attention, background,
                                           pad_text_to=P.text_padding(model))
     rows, cols = R.token_grid(layout.height, layout.width)

@@ -13,7 +13,8 @@ from comfy.cli_args import args as comfy_args
 from comfy_api.latest import io, ui
 
 from ..core import regions as R
-from ..core.files import atomic_write_bytes
+from ..core.errors import InputError
+from ..core.files import atomic_write_bytes, clean_stale_temporaries
 from ..core.imagefile import png_bytes
 from ..curation import outpaint as O
 from ..curation import sheets as S
@@ -90,8 +91,18 @@ def save_sheets(images: torch.Tensor, layout: R.RegionLayout, filename_prefix: s
     Returns (subfolder, file name) per picture."""
 
     output_dir = output_dir or folder_paths.get_output_directory()
+    prefix = str(filename_prefix or "").strip()
+    if not prefix or os.path.basename(os.path.normpath(prefix)) in ("", ".", ".."):
+        raise InputError("filename_prefix", f"'{filename_prefix}' names no file.", "Give folder/name, e.g. character_sheets/mira.")
+    if os.path.isabs(prefix) or os.path.commonpath([os.path.abspath(output_dir),
+                                                    os.path.abspath(os.path.join(output_dir, os.path.dirname(os.path.normpath(prefix))))]) \
+            != os.path.abspath(output_dir):
+        raise InputError("filename_prefix", f"'{filename_prefix}' points outside the output folder.",
+                         "Use a folder/name inside ComfyUI's output folder, e.g. character_sheets/mira.")
     h, w = images.shape[1], images.shape[2]
-    full, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, w, h)
+    full, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output_dir, w, h)
+    for stale in clean_stale_temporaries(full, older_than_s=60.0):  # half-written sheets of a killed run
+        log.info("removed %s (left by an interrupted save)", stale)
     out = []
     for b in range(images.shape[0]):
         info = S.SheetInfo(layout, character or filename, "", base_prompt, seed)

@@ -2,6 +2,10 @@
 
 One process: ``ii-train --config my.toml``. Several GPUs or nodes: ``accelerate launch
 --num_processes 8 -m instruct_identity.training.cli --config my.toml`` (see docs/trainer.md).
+
+Exit status: 0 done, 2 bad input (config, dataset, an output folder holding another run's results),
+3 training diverged (non-finite loss; nothing non-finite is saved), 1 a file system error, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import sys
 
 from ..core.errors import InputError
+from ..core.version import package_version
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (value read as TOML), e.g. --set max_train_steps=200")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--version", action="version", version=f"ii-train {package_version()}")
     return p.parse_args(argv)
 
 
@@ -45,7 +51,10 @@ def main(argv=None) -> int:
         result = train(cfg, resume=args.resume)
     except InputError as e:
         log.error("%s", e)
-        return 2
+        return int(getattr(e, "exit_code", 2))
+    except OSError as e:  # a folder that cannot be read or written: say which, no traceback
+        log.error("%s", e)
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted: run again with --resume to continue from the last saved state")
         return 130

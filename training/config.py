@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..core import toml
 from ..core.errors import InputError, closest
+from ..core.limits import MAX_TRAIN_BATCH, MAX_TRAIN_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,7 @@ class TrainConfig:
                 raise InputError(key, f"{v} must be at least 1 (or left out).")
         if self.learning_rate <= 0:
             raise InputError("learning_rate", f"{self.learning_rate} is not a learning rate.", "Use e.g. 1e-4.")
+        self._check_values()
         if self.bucket_reso_steps % 16:
             raise InputError("bucket_reso_steps", f"{self.bucket_reso_steps} px is not a multiple of 16.",
                              "FLUX needs multiples of 16 px (VAE 8 x patch 2): use 64 (kohya's default) or 16, 32.")
@@ -214,6 +217,44 @@ class TrainConfig:
             raise InputError("dataset_config", "no dataset is configured.",
                              "Set dataset_config to a dataset TOML or a JSONL manifest of (reference, target, caption).")
         return self
+
+    def _check_values(self) -> None:
+        """Numbers that are not finite or out of range would train silently into NaN (or nowhere)."""
+        ranges = {  # key: (low, high, low inclusive, fix)
+            "learning_rate": (0.0, 1.0, False, "Use a small positive number, e.g. 1e-4 (the paper's value)."),
+            "network_alpha": (0.0, math.inf, False, "Use a positive number; alpha = network_dim (the default) scales by 1."),
+            "sigmoid_scale": (0.0, math.inf, False, "Use a positive number, e.g. 1.0."),
+            "discrete_flow_shift": (0.0, math.inf, False, "Use a positive number, e.g. 3.1582."),
+            "guidance_scale": (0.0, math.inf, True, "Use 0 or more, e.g. 1.0."),
+            "max_grad_norm": (0.0, math.inf, True, "Use e.g. 1.0 (0 turns clipping off)."),
+            "lr_warmup_steps": (0.0, math.inf, True, "Use a number of steps, or a fraction below 1 of max_train_steps."),
+            "lr_scheduler_power": (0.0, math.inf, False, "Use a positive number, e.g. 1.0."),
+            "lr_scheduler_min_lr_ratio": (0.0, 1.0, True, "Use 0 .. 1."),
+        }
+        for key, (low, high, inclusive, fix) in ranges.items():
+            value = float(getattr(self, key))
+            if not math.isfinite(value):
+                raise InputError(key, f"{getattr(self, key)} is not a finite number.", fix)
+            if value < low or (value == low and not inclusive) or value > high:
+                raise InputError(key, f"{getattr(self, key)} is out of range.", fix)
+        if not 0 <= int(self.seed) < 2 ** 63:
+            raise InputError("seed", f"{self.seed} is out of range.", "Use a whole number from 0 to 2**63 - 1.")
+        sides = self.resolution if isinstance(self.resolution, list) else [self.resolution]
+        for key, values in (("resolution", sides), ("min_bucket_reso", [self.min_bucket_reso]),
+                            ("max_bucket_reso", [self.max_bucket_reso])):
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, int) or not 16 <= v <= MAX_TRAIN_SIDE:
+                    raise InputError(key, f"{v!r} px is not a size from 16 to {MAX_TRAIN_SIDE} px.",
+                                     "Use e.g. 512 or 1024 (the limit is II_MAX_TRAIN_SIDE, docs/limits.md).")
+        if int(self.train_batch_size) > MAX_TRAIN_BATCH:
+            raise InputError("train_batch_size", f"{self.train_batch_size} pairs per step on one process is over the "
+                             f"{MAX_TRAIN_BATCH} limit.", "Use gradient_accumulation_steps for a larger effective batch "
+                             "(the limit is II_MAX_TRAIN_BATCH, docs/limits.md).")
+        name = str(self.output_name)
+        if (not name.strip() or name != name.strip() or name.startswith(".") or "\x00" in name
+                or any(sep in name for sep in ("/", "\\", os.sep))):
+            raise InputError("output_name", f"{name!r} is not a plain file name.",
+                             "Use letters, digits, - and _ (the folder goes in output_dir).")
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -275,7 +316,8 @@ def _check_type(key: str, value, annotation):
     elif isinstance(value, float) and float in allowed or isinstance(value, str) and str in allowed or isinstance(value, list) and list in allowed or isinstance(value, dict) and dict in allowed:
         return value
     names = " or ".join(sorted({getattr(a, "__name__", str(a)) for a in allowed if a is not type(None)}))
-    raise InputError(key, f"{value!r} is a {type(value).__name__}, expected {names}.")
+    raise InputError(key, f"{value!r} is a {type(value).__name__}, expected {names}.",
+                     "In TOML, numbers and true/false go without quotes, text in quotes (see docs/trainer.md).")
 
 
 def flatten(raw: dict) -> dict:
@@ -329,7 +371,10 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Train
     try:
         raw = toml.loads(path.read_text(encoding="utf-8"))
     except toml.TOMLDecodeError as e:
-        raise InputError("--config", f"{path} is not valid TOML ({e}).") from e
+        raise InputError("--config", f"{path} is not valid TOML ({e}).",
+                         'Fix that line: key = value, strings in quotes (e.g. output_dir = "out"); see training/examples/.') from e
+    except UnicodeDecodeError:
+        raise InputError("--config", f"{path} is not UTF-8 text.", "Give a trainer TOML file (see training/examples/).") from None
     raw = flatten(raw)
     for k, v in (overrides or {}).items():
         raw[k] = v

@@ -10,6 +10,7 @@ ComfyUI must be importable (``engine.runtime.setup_comfyui``) before this module
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,7 @@ def save(run: Run, final: bool) -> None:
         state = {"step": run.step, "micro_step": run.micro_step, "world_size": acc.num_processes,
                  "signature": checkpoints.shape_signature(cfg), "config": cfg.to_dict()}
         run.result.state_path = checkpoints.save_state(acc, run.out_dir, cfg.output_name, run.step, state,
-                                                       cfg.save_last_n_steps_state)
+                                                       cfg.save_last_n_steps_state, resumable(run), adapter)
         run.last_saved = run.step
     acc.wait_for_everyone()
 
@@ -203,18 +204,45 @@ def preview(run: Run) -> None:
     run.acc.wait_for_everyone()
 
 
-def setup(cfg: TrainConfig, components: Components | None, resume) -> Run:
-    """Dataset check, caches, encoders freed, FLUX + LoRA, optimizer, accelerate, resume."""
+def resumable(run: Run) -> checkpoints.Resumable:
+    return checkpoints.Resumable(run.dm, run.optimizer, run.scheduler)
+
+
+def diverged(run: Run, loss: float) -> checkpoints.Diverged:
+    """The error a non-finite loss stops the run with: what happened and what is kept."""
+    cfg = run.cfg
+    state = checkpoints.latest_state(run.out_dir, cfg.output_name)
+    kept = (f"the last good state is {state} (step {int(state.name.split('-step')[-1][:8])})" if state is not None
+            else "no state had been saved yet (save_every_n_steps keeps some)")
+    return checkpoints.Diverged("learning_rate", f"the loss became {loss} at step {run.step} (learning_rate "
+                                f"{cfg.learning_rate:g}): training stopped without saving this step; {kept}.",
+                                "Lower learning_rate (e.g. 1e-4), keep max_grad_norm at 1.0 and check the dataset "
+                                "(dataset_report.txt); then start again, or --resume from the last good state.")
+
+
+def setup(cfg: TrainConfig, components: Components | None, resume, paths=None) -> Run:
+    """Dataset check, caches, encoders freed, FLUX + LoRA, optimizer, accelerate, resume. ``paths`` (a
+    ``training.paths.PathPolicy``) confines every file the run reads and writes (the ComfyUI node)."""
+    if paths is not None:
+        paths.check_config(cfg)
     acc = make_accelerator(cfg)
     warn_sharded(cfg, acc)
+    if not resume:  # before anything is written: never destroy an earlier run's results
+        checkpoints.refuse_overwrite(Path(cfg.output_dir), cfg.output_name)
+    elif resume is True and checkpoints.latest_state(Path(cfg.output_dir), cfg.output_name) is None:
+        checkpoints.refuse_overwrite(Path(cfg.output_dir), cfg.output_name,
+                                     "it saved no resumable state, so resuming would start over and overwrite them")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        checkpoints.clean_temporaries(Path(cfg.output_dir), cfg.output_name,
+                                      [Path(cfg.output_dir) / "sample", cfg.resolved_logging_dir])
     torch.manual_seed(cfg.seed)
     hashes = FileHashes(cfg.resolved_cache_dir)
 
-    report, specs = check_dataset(cfg, acc)
+    report, specs = check_dataset(cfg, acc, paths)
     encoders = open_encoders(cfg, components, hashes)
     data = cache_data(cfg, acc, report, specs, encoders, hashes)
-    samples = prepare_samples(cfg, specs, encoders)
+    samples = prepare_samples(cfg, specs, encoders, paths)
     release_encoders(encoders, keep_vae=bool(samples))
 
     patcher, model_file, model_hash = load_model(cfg, components, hashes, acc.device)
@@ -226,12 +254,8 @@ def setup(cfg: TrainConfig, components: Components | None, resume) -> Run:
     oneway.tag(patcher, cfg.reference_attention)  # previews, and whoever samples this patcher later, use the mode
     ignore_frozen_in_ddp(dm)
     module, optimizer = acc.prepare(dm, optimizer)
-    acc.register_for_checkpointing(scheduler)
-    hooks = checkpoints.StateHooks(acc, dm, module)
-    acc.register_save_state_pre_hook(hooks.save)
-    acc.register_load_state_pre_hook(hooks.load)
 
-    step, micro_step = resume_run(cfg, acc, resume)
+    step, micro_step = resume_run(cfg, acc, resume, checkpoints.Resumable(dm, optimizer, scheduler))
     run = Run(cfg, acc, patcher, dm, module, forward, optimizer, scheduler, data, targets, encoders, samples,
               LossLog(cfg.resolved_logging_dir, cfg.output_name), TrainResult(None, None, step, report=report),
               model_hash, model_file, step, micro_step, last_saved=step if resume else -1)
@@ -241,13 +265,13 @@ def setup(cfg: TrainConfig, components: Components | None, resume) -> Run:
 
 
 def train(cfg: TrainConfig, components: Components | None = None, *, resume: str | bool | None = None,
-          on_step=None) -> TrainResult:
+          on_step=None, paths=None) -> TrainResult:
     """Train a LoRA as ``cfg`` says. ``components`` replaces the ComfyUI model files (tests, benchmarks);
     ``resume`` is a state folder, or True for the newest one in ``output_dir``; ``on_step(StepInfo)``
     is called after every optimizer step (progress bars, cancelling)."""
     from tqdm.auto import tqdm
 
-    run = setup(cfg, components, resume)
+    run = setup(cfg, components, resume, paths)
     acc, result = run.acc, run.result
     steps = total_steps(cfg, run.data)
     if cfg.sample_at_first and run.step == 0:
@@ -265,6 +289,11 @@ def train(cfg: TrainConfig, components: Components | None = None, *, resume: str
         result.step = run.step
         if acc.is_main_process:
             run.losslog.add(run.step, loss, lr, durations[-1], run.data.epoch_of(run.micro_step - 1))
+        if not math.isfinite(loss):  # every process sees the same reduced loss, so all stop here
+            bar.close()
+            if acc.is_main_process:
+                run.losslog.plot()
+            raise diverged(run, loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if cfg.save_every_n_steps and run.step % int(cfg.save_every_n_steps) == 0 and run.step < steps:
@@ -286,16 +315,14 @@ def train(cfg: TrainConfig, components: Components | None = None, *, resume: str
     return result
 
 
-def resume_run(cfg: TrainConfig, acc, resume) -> tuple[int, int]:
+def resume_run(cfg: TrainConfig, acc, resume, objects: checkpoints.Resumable) -> tuple[int, int]:
     """Restore LoRA, optimizer, scheduler, RNG states, step and data position; (0, 0) for a fresh run."""
     if not resume:
-        old = checkpoints.complete_states(Path(cfg.output_dir), cfg.output_name)
-        if old and acc.is_main_process:
-            log.warning("starting at step 0 although %s holds saved states (newest: step %d); use --resume to continue. "
-                        "They are replaced at this run's first save.", cfg.output_dir, old[-1][0])
-        return 0, 0
+        return 0, 0  # setup() refused to start over an earlier run's results
     path = Path(resume) if isinstance(resume, (str, Path)) else checkpoints.latest_state(Path(cfg.output_dir), cfg.output_name)
     if path is None:
+        checkpoints.refuse_overwrite(Path(cfg.output_dir), cfg.output_name,
+                                     "it saved no resumable state, so resuming would start over and overwrite them")
         if acc.is_main_process:
             log.warning("--resume: no complete state in %s yet, starting at step 0", cfg.output_dir)
         return 0, 0
@@ -309,7 +336,7 @@ def resume_run(cfg: TrainConfig, acc, resume) -> tuple[int, int]:
     if saved.get("world_size") != acc.num_processes:
         log.warning("resuming a %s-process state on %d processes: the data order restarts its epoch plan",
                     saved.get("world_size"), acc.num_processes)
-    acc.load_state(str(path))
+    checkpoints.load_state(acc, path, objects)
     if acc.is_main_process:
         log.info("resumed from %s at step %d", path, saved["step"])
     return int(saved["step"]), int(saved["micro_step"])

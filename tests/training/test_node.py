@@ -24,12 +24,16 @@ def test_node_reports_progress_and_stops_on_cancel(tmp_path, pairs, monkeypatch)
     from instruct_identity.training import trainer
     from instruct_identity.training.trainer import StepInfo
 
+    import os
+
+    # the node reads and writes only inside ComfyUI's folders unless the server's owner lists more
+    monkeypatch.setenv("II_TRAIN_ALLOWED_DIRS", os.pathsep.join([str(tmp_path), str(pairs.parent)]))
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'dataset_config = "{pairs}"\noutput_dir = "{tmp_path / "out"}"\nmax_train_steps = 50\n')
     seen, updates = [], []
     monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", lambda self, v, total=None, preview=None: updates.append((v, total)))
 
-    def fake_train(c, resume=None, on_step=None):
+    def fake_train(c, resume=None, on_step=None, **kw):
         seen.append((c.max_train_steps, resume))
         for step in (1, 2, 3):
             if step == 3:
