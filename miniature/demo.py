@@ -300,11 +300,14 @@ def load_demo(name: str = BASE_NAME) -> DemoModel:
     return demo
 
 
-def file_fingerprint(path: Path | None) -> str:
-    """Changes when the file is replaced (so ComfyUI reloads it instead of reusing a cached output)."""
-    if path is None or not path.is_file():
+def file_fingerprint(resolve, name: str) -> str:
+    """Changes when the file ``resolve(name)`` is replaced, so ComfyUI reloads it instead of reusing a
+    cached output ("" when it cannot be resolved: execution then reports why)."""
+    try:
+        path = resolve(name)
+        st = path.stat()
+    except (InputError, OSError):
         return ""
-    st = path.stat()
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 

@@ -53,10 +53,7 @@ class InstructIdentityDemoModel(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, base):
-        try:
-            return demo.file_fingerprint(demo.base_path(base))
-        except Exception:  # noqa: BLE001 - execution reports the error properly
-            return ""
+        return demo.file_fingerprint(demo.base_path, base)
 
     @classmethod
     def execute(cls, base) -> io.NodeOutput:
@@ -79,10 +76,7 @@ class InstructIdentityDemoReference(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, reference):
-        try:
-            return demo.file_fingerprint(demo.reference_path(reference))
-        except Exception:  # noqa: BLE001 - execution reports the error properly
-            return ""
+        return demo.file_fingerprint(demo.reference_path, reference)
 
     @classmethod
     def execute(cls, reference) -> io.NodeOutput:

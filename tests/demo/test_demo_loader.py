@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from demo_helpers import SIZE, SMALL, TEXT, write_lora
+from demo_helpers import SIZE, SMALL, TEXT, write_base, write_lora
 from instruct_identity.core.errors import InputError
 
 
@@ -160,3 +160,18 @@ def test_demo_folders_are_registered_for_comfyuis_lora_list(comfy):
     loras = folder_paths.get_folder_paths("loras")
     assert loras.count(str(demo.MODELS_DIR)) == 1 and str(demo.TRAINED_DIR) in loras
     assert str(demo.MODELS_DIR) in folder_paths.get_folder_paths(demo.BASE_FOLDER)
+
+
+def test_a_replaced_base_file_is_reloaded_not_served_from_comfyuis_cache(demo_models, tmp_path):
+    import os
+
+    from instruct_identity.miniature import demo
+    from instruct_identity.nodes.demo import InstructIdentityDemoModel
+
+    path = demo_models / "replaced.safetensors"
+    write_base(path, seed=5)
+    before = InstructIdentityDemoModel.fingerprint_inputs("replaced.safetensors")
+    write_base(path, seed=6)
+    os.utime(path, ns=(1, 1))  # even with an old time stamp the size/time pair differs
+    assert before and InstructIdentityDemoModel.fingerprint_inputs("replaced.safetensors") != before
+    assert demo.file_fingerprint(demo.base_path, "nope.safetensors") == ""
