@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, OSError, ValueError) as e:
         log.error("the built-in demo did not run: %s (ComfyUI keeps running; II_DEMO=0 skips the demo)", e)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while waiting: the run command stops ComfyUI
+        return 130
     return 0
 
 
