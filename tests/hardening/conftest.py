@@ -25,18 +25,10 @@ def one_torch_thread():
 @pytest.fixture
 def tiny_cfg(tmp_path, comfy):
     """``tiny_cfg(**overrides)`` -> a finalised TrainConfig on 4 fresh pairs for a few fast CPU steps."""
-    from ii_train_helpers import make_pairs
-    from instruct_identity.training.config import from_dict
+    from ii_train_helpers import make_pairs, tiny_config
 
     pairs = make_pairs(tmp_path / "pairs")
-
-    def make(**kw):
-        values = dict(dataset_config=str(pairs), resolution=64, output_dir=str(tmp_path / "out"), max_train_steps=3,
-                      mixed_precision="no", network_dim=4, learning_rate=1e-3, seed=0)
-        values.update(kw)
-        return from_dict(values)
-
-    return make
+    return lambda **kw: tiny_config(pairs, tmp_path / "out", **kw)
 
 
 @pytest.fixture

@@ -367,6 +367,12 @@ def _bad_manifest(tmp: Path) -> Path:
 
 
 II_TRAIN = "instruct_identity.training.cli"
+
+
+def _with_set(value: str):
+    """argv of ii-train with a minimal config and one ``--set`` override."""
+    return lambda t: [II_TRAIN, "--config", _cfg(t), "--set", value]
+
 II_CURATE = "instruct_identity.curation"
 CHARIS = "instruct_identity.charis.cli"
 
@@ -379,24 +385,17 @@ CLI_CASES = [
          'Did you mean "network_dim"?'),
     Case("ii_train_unsupported_kohya_key", lambda t: [II_TRAIN, "--config", _cfg(t, 'blocks_to_swap = 8\n')],
          "blocks_to_swap", "Remove it from the config"),
-    Case("ii_train_lr_1e4", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", "learning_rate=1e4"], "learning_rate",
-         "e.g. 1e-4"),
-    Case("ii_train_lr_nan", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", "learning_rate=nan"], "learning_rate",
-         "not a finite number"),
-    Case("ii_train_negative_alpha", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", "network_alpha=-4"],
-         "network_alpha", "Use a positive number"),
-    Case("ii_train_resolution_100000", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", "resolution=100000"],
-         "resolution", "II_MAX_TRAIN_SIDE"),
-    Case("ii_train_batch_1000", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", "train_batch_size=1000"],
-         "train_batch_size", "gradient_accumulation_steps"),
-    Case("ii_train_output_name_path", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", 'output_name="../x"'],
-         "output_name", "Use letters"),
-    Case("ii_train_set_without_value", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", "learning_rate"], "--set",
-         "--set max_train_steps=100"),
-    Case("ii_train_mode_typo", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", 'mode="gird"'], "mode",
-         'Did you mean "grid"?'),
-    Case("ii_train_string_for_a_number", lambda t: [II_TRAIN, "--config", _cfg(t), "--set", 'max_train_steps="10"'],
-         "max_train_steps", "expected int"),
+    *[Case(f"ii_train_set_{case_id}", _with_set(value), name, fix) for case_id, value, name, fix in [
+        ("lr_1e4", "learning_rate=1e4", "learning_rate", "e.g. 1e-4"),
+        ("lr_nan", "learning_rate=nan", "learning_rate", "not a finite number"),
+        ("negative_alpha", "network_alpha=-4", "network_alpha", "Use a positive number"),
+        ("resolution_100000", "resolution=100000", "resolution", "II_MAX_TRAIN_SIDE"),
+        ("batch_1000", "train_batch_size=1000", "train_batch_size", "gradient_accumulation_steps"),
+        ("output_name_path", 'output_name="../x"', "output_name", "Use letters"),
+        ("without_value", "learning_rate", "--set", "--set max_train_steps=100"),
+        ("mode_typo", 'mode="gird"', "mode", 'Did you mean "grid"?'),
+        ("string_for_a_number", 'max_train_steps="10"', "max_train_steps", "without quotes"),
+    ]],
     Case("ii_train_missing_dataset", lambda t: [II_TRAIN, "--config", _cfg(t, f'dataset_config = "{t / "nope.jsonl"}"\n'
                                                                                f'output_dir = "{t / "out"}"\n')],
          "dataset_config", "Point it at", extra={"writes": ["out"]}),

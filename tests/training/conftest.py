@@ -12,7 +12,7 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from ii_train_helpers import make_pairs
+from ii_train_helpers import make_pairs, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -33,15 +33,7 @@ def pairs(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_cfg(tmp_path, pairs, comfy):
     """``tiny_cfg(**overrides)`` -> a finalised TrainConfig for a few fast CPU steps."""
-    from instruct_identity.training.config import from_dict
-
-    def make(**kw):
-        values = dict(dataset_config=str(pairs), resolution=64, output_dir=str(tmp_path / "out"), max_train_steps=3,
-                      mixed_precision="no", network_dim=4, learning_rate=1e-3, seed=0)
-        values.update(kw)
-        return from_dict(values)
-
-    return make
+    return lambda **kw: tiny_config(pairs, tmp_path / "out", **kw)
 
 
 @pytest.fixture

@@ -30,3 +30,13 @@ def make_pairs(root: Path, n: int = 4, size=(64, 64), seed: int = 0) -> Path:
         lines.append(json.dumps({"reference": f"ref{i}.png", "target": f"tgt{i}.png", "caption": f"character {i} waving"}))
     (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return root / "pairs.jsonl"
+
+
+def tiny_config(pairs: Path, out_dir: Path, **overrides):
+    """A finalised TrainConfig for a few fast CPU steps on the tiny model (``overrides`` win)."""
+    from instruct_identity.training.config import from_dict
+
+    values = dict(dataset_config=str(pairs), resolution=64, output_dir=str(out_dir), max_train_steps=3,
+                  mixed_precision="no", network_dim=4, learning_rate=1e-3, seed=0)
+    values.update(overrides)
+    return from_dict(values)
