@@ -79,7 +79,9 @@ def charis_filter(evaluator=None, config_path: str | None = None, spec=None) -> 
 
     if evaluator is None:
         evaluator = charis.Evaluator(charis.load_config(config_path, {"mode": "filter"}))
-    spec = spec or charis.CompositeSpec(mode="filter")
+    if spec is None:  # the evaluator's own composite settings (weights, thresholds, prompt criterion) in filter mode
+        own = getattr(evaluator, "spec", None)
+        spec = own if own is not None and getattr(own, "mode", None) == "filter" else charis.CompositeSpec(mode="filter")
 
     def run(reference: np.ndarray, target: np.ndarray, caption: str) -> Verdict:
         result = evaluator.score_pair(from_pil(Image.fromarray(reference), "reference"),

@@ -207,3 +207,30 @@ def test_charis_filter_mode(sheets, tmp_path):
     report = curate_folder(sheets, tmp_path / "ok", _config(pairing="first"), pair_filter=charis_filter(stub))
     assert report.written == 8 and len(stub.calls) == 8
     assert stub.calls[0][0] == (3, CELL, CELL) and stub.calls[0][2] == "filter"
+
+
+def test_charis_filter_uses_the_evaluators_own_filter_settings():
+    """ii-curate --filter charis must apply the CHARIS config's composite (thresholds, prompt criterion)."""
+    from types import SimpleNamespace
+
+    from instruct_identity import charis
+    from instruct_identity.curation.filters import charis_filter
+
+    own = charis.CompositeSpec(mode="filter", thresholds={"identity": 0.9, "prompt": 0.7})  # not the defaults
+    seen = []
+
+    class Recorder:
+        spec = own
+
+        def score_pair(self, ref, gen, caption, spec=None):
+            seen.append(spec)
+            return SimpleNamespace(ok=False, error="stop here")
+
+    run = charis_filter(Recorder())
+    img = np.full((8, 8, 3), 200, np.uint8)
+    assert run(img, img, "a caption").keep is False
+    assert seen == [own]                                   # the evaluator's spec, not a fresh default
+    bench = Recorder()
+    bench.spec = charis.CompositeSpec(mode="benchmark")    # a benchmark-mode config falls back to filter mode
+    charis_filter(bench)(img, img, "a caption")
+    assert seen[-1].mode == "filter" and seen[-1] != own
