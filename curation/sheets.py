@@ -118,12 +118,18 @@ def parse_characters(text: str, fmt: str = "auto", name: str = "characters") -> 
     return _unique_names(out)
 
 
-def _characters_json(text: str, name: str) -> list[Character]:
+def _loads(text: str, name: str, fix: str, what: str = ""):
+    """JSON, or an :class:`InputError` naming ``name`` (bad syntax, nesting too deep for the parser)."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(name, f"not valid JSON ({e.msg} at line {e.lineno}).",
-                         'Write [{"name": "alice", "description": "...", "poses": ["..."]}].') from None
+        raise InputError(name, f"{what}not valid JSON ({e.msg} at line {e.lineno}).", fix) from None
+    except RecursionError:
+        raise InputError(name, f"{what}JSON nested too deeply.", fix) from None
+
+
+def _characters_json(text: str, name: str) -> list[Character]:
+    data = _loads(text, name, 'Write [{"name": "alice", "description": "...", "poses": ["..."]}].')
     if isinstance(data, dict):
         data = data.get("characters", [])
     if not isinstance(data, list):
@@ -194,10 +200,7 @@ def parse_poses(text: str, name: str = "poses") -> list[str]:
     """Poses/scenes: one per line, or a JSON list of strings."""
     s = str(text or "").strip()
     if s.startswith("["):
-        try:
-            data = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise InputError(name, f"not valid JSON ({e.msg}).", "Write one pose per line, or a JSON list of strings.") from None
+        data = _loads(s, name, "Write one pose per line, or a JSON list of strings.")
         return [str(p).strip() for p in data if str(p).strip()]
     return prompt_lines(s)
 
@@ -323,17 +326,16 @@ def read_sheet_info(image_path: Path) -> SheetInfo | None:
     side = sidecar_path(image_path)
     if side.is_file():
         try:
-            return SheetInfo.from_dict(json.loads(side.read_text(encoding="utf-8")), str(side))
-        except json.JSONDecodeError as e:
-            raise InputError("sheet", f"{side} is not valid JSON ({e.msg}).", "Delete it or save the sheet again.") from None
+            text = side.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            text = "\x00"  # reported as not valid JSON
+        data = _loads(text, "sheet", "Delete it or save the sheet again.", f"{side} is ")
+        return SheetInfo.from_dict(data, str(side))
     if image_path.suffix.lower() == ".png" and image_path.is_file():
         text = _png_sheet_chunk(image_path)
         if text:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(str(image_path), f"its sheet description is not valid JSON ({e.msg}).",
-                                 "Save the sheet again (or put a .sheet.json next to it).") from None
+            data = _loads(text, "sheet", "Save the sheet again (or put a .sheet.json next to it).",
+                          f"{image_path}'s sheet description is ")
             return SheetInfo.from_dict(data, str(image_path))
     return None
 

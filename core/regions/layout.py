@@ -214,11 +214,13 @@ class RegionLayout:
 
     @classmethod
     def from_json(cls, text: str, width: int | None = None, height: int | None = None, name: str = "layout_json") -> "RegionLayout":
+        fix = 'Write {"width": W, "height": H, "regions": [{"x":0,"y":0,"w":..,"h":..,"prompt":".."}]}.'
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InputError(name, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).",
-                             'Write {"width": W, "height": H, "regions": [{"x":0,"y":0,"w":..,"h":..,"prompt":".."}]}.') from None
+            raise InputError(name, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).", fix) from None
+        except RecursionError:
+            raise InputError(name, "the JSON is nested too deeply.", fix) from None
         return cls.from_dict(data, width, height, name)
 
 
