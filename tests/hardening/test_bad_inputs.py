@@ -288,7 +288,7 @@ class Ctx:
 @pytest.fixture(scope="module")
 def ctx(comfy_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hard")
-    outside = comfy_server.base.parent / f"{comfy_server.base.name}-outside"
+    outside = comfy_server.base.parent / "outside"   # where "../../outside/..." from the output folder lands
     outside.mkdir(exist_ok=True)
     (outside / "evil.toml").write_text('output_dir = "."\ndataset_config = "p.jsonl"\n')
     return Ctx(comfy_server, tmp, outside)
@@ -305,7 +305,7 @@ def test_node_inputs_through_the_server(case: Case, ctx):
     server = ctx.server
     if case.setup:
         case.setup(ctx)
-    may_change = ["server.log", "temp", "user", *case.extra.get("writes", [])]
+    may_change = ["server.log", "temp", *case.extra.get("writes", [])]   # temp: ComfyUI's own scratch folder
     before, before_out = snapshot(server.base, may_change), snapshot(ctx.outside)
     kind, text = outcome(server, case.build(ctx))
     assert kind == ("success" if case.ok else "error"), f"{kind}: {text[:3000]}"
