@@ -36,8 +36,10 @@ def _pil():
     return Image
 
 
-def open_image(path: str | Path, *, name: str = "image", max_pixels: int | None = None):
-    """A decoded, EXIF-oriented Pillow image of ``path``; :class:`InputError` naming the file otherwise."""
+def open_image(path: str | Path, *, name: str = "image", max_pixels: int | None = None, decode: bool = True):
+    """A decoded, EXIF-oriented Pillow image of ``path``; :class:`InputError` naming the file otherwise.
+    ``decode=False`` stops after the checks that need only the header (existence, empty file, format,
+    size limit): the pixels are not read (e.g. to look at text chunks that precede them)."""
     Image = _pil()
     from PIL import ImageOps, UnidentifiedImageError
 
@@ -60,6 +62,8 @@ def open_image(path: str | Path, *, name: str = "image", max_pixels: int | None 
     if min(w, h) < MIN_SIDE:
         im.close()
         raise InputError(name, f"{path} is only {w}x{h} px.", f"Use a picture at least {MIN_SIDE} px on each side.")
+    if not decode:
+        return im
     try:
         im.load()
         im = ImageOps.exif_transpose(im)

@@ -341,24 +341,18 @@ def read_sheet_info(image_path: Path) -> SheetInfo | None:
 
 
 def _png_sheet_chunk(path: Path) -> str | None:
-    """The sheet chunk of a PNG, read without decoding the pixels when it sits before them (as Pillow
-    and ComfyUI write it); a chunk after the pixels is read only for pictures within the size limit.
-    Unreadable, empty or oversized files raise :class:`InputError` naming the file."""
-    from PIL import UnidentifiedImageError
+    """The sheet chunk of a PNG: from the header when it sits before the pixels (as Pillow and ComfyUI
+    write it), else after decoding. Empty, unreadable, truncated or oversized files (checked from the
+    header, before decoding) raise :class:`InputError` naming the file."""
+    from ..core.imagefile import open_image
 
-    from ..core.imagefile import MAX_IMAGE_PIXELS, _pil
-
-    if path.stat().st_size == 0:
-        raise InputError("sheet", f"{path} is an empty (0-byte) file.", "Replace or delete the file.")
-    Image = _pil()
-    try:
-        with Image.open(path) as im:
-            text = im.info.get(PNG_KEY)
-            if text is None and im.size[0] * im.size[1] <= MAX_IMAGE_PIXELS:
-                text = (getattr(im, "text", None) or {}).get(PNG_KEY)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputError("sheet", f"{path} is not a picture Pillow can read, or it is truncated ({e}).",
-                         "Re-export or replace the file.") from None
+    with open_image(path, name="sheet", decode=False) as im:
+        text = im.info.get(PNG_KEY)
+        if text is None:
+            try:
+                text = (getattr(im, "text", None) or {}).get(PNG_KEY)   # chunks after the pixels: decodes
+            except (OSError, ValueError, SyntaxError) as e:
+                raise InputError("sheet", f"{path} is truncated or corrupt ({e}).", "Re-export or replace the file.") from None
     return text if isinstance(text, str) else None
 
 

@@ -535,7 +535,9 @@ def test_144_megapixel_png_is_refused_before_decoding(tmp_path, monkeypatch):
         load_rgb(big)
     assert "12000x12000" in str(e.value) and "144 MP" in str(e.value) and "limit" in str(e.value)
     assert "Downscale" in e.value.fix
-    assert read_sheet_info(big) is None            # its chunk is not looked for past the pixels
+    with pytest.raises(InputError) as e:          # curation: refused from the header too (reported, skipped)
+        read_sheet_info(big)
+    assert "big.png" in str(e.value) and "limit" in str(e.value)
     rgb_png(tmp_path / "ok.png")
     (tmp_path / "p.jsonl").write_text('{"reference": "ok.png", "target": "big.png", "caption": "x"}\n')
     monkeypatch.undo()
