@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from ..core.errors import InputError
-from ..engine import oneway
 from . import checkpoints, lora, objective
 from .cache import FileHashes
 from .config import TrainConfig
@@ -251,6 +250,8 @@ def setup(cfg: TrainConfig, components: Components | None, resume, paths=None) -
     optimizer, scheduler = make_optimizer(cfg, dm, total_steps(cfg, data))
     forward = FluxForward(dm, gradient_checkpointing=cfg.gradient_checkpointing, guidance=cfg.guidance_scale,
                           dtype=compute_dtype(patcher), reference_attention=cfg.reference_attention)
+    from ..engine import oneway  # imports ComfyUI: here, so importing the trainer does not need it yet
+
     oneway.tag(patcher, cfg.reference_attention)  # previews, and whoever samples this patcher later, use the mode
     ignore_frozen_in_ddp(dm)
     module, optimizer = acc.prepare(dm, optimizer)
