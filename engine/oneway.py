@@ -415,10 +415,12 @@ def training_options(checkpoint: bool) -> dict:
 
 def weights_fingerprint(dm) -> str:
     """Changes whenever a weight tensor is replaced or modified in place (ComfyUI patching a LoRA in,
-    an optimizer step on a trained LoRA): storage address and version counter of every parameter."""
+    an optimizer step on a trained LoRA): storage address and version counter of every parameter.
+    Weights ComfyUI loaded under ``torch.inference_mode`` have no version counter; ComfyUI changes
+    those only through its patches, which the ModelPatcher's ``patches_uuid`` in the key covers."""
     h = hashlib.sha1()
     for p in dm.parameters():
-        h.update(f"{p.data_ptr()}:{p._version};".encode())
+        h.update(f"{p.data_ptr()}:{'i' if p.is_inference() else p._version};".encode())
     return h.hexdigest()
 
 
@@ -436,7 +438,10 @@ class _Entry:
 
 class ReferenceCache:
     """Reference K/V by key, least recently used dropped first once their total exceeds
-    ``max_bytes`` (the entry just added is always kept, even if it alone is larger)."""
+    ``max_bytes`` (the entry just added is always kept, even if it alone is larger; ``max_bytes``
+    0 keeps nothing). Entries live on the device they were computed on; ComfyUI's memory manager
+    does not see them, which is what the cap is for. On a GPU, recomputing a reference costs about
+    one model call of H x W tokens, so the cache saves little more than that per queued run."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
@@ -464,7 +469,11 @@ class ReferenceCache:
             return None
 
     def put(self, key, model, kv: ReferenceKV) -> None:
+        if self.max_bytes <= 0:   # II_REFERENCE_CACHE_MB=0: nothing kept across runs (a run still reuses its own)
+            return
         with self._lock:
+            for k in [k for k, e in self._entries.items() if e.model() is None]:
+                del self._entries[k]                 # made for a model that has been freed
             self._entries[key] = _Entry(kv, weakref.ref(model), kv.nbytes)
             self._entries.move_to_end(key)
             while len(self._entries) > 1 and self.nbytes > self.max_bytes:
@@ -569,8 +578,6 @@ def uninstall(model) -> None:
 
 
 def one_way_patch_of(model) -> OneWayPatch | None:
-    for fn in model.get_wrappers(WrappersMP.DIFFUSION_MODEL, PATCH_KEY):
-        holder = getattr(fn, "__self__", None)
-        if isinstance(holder, OneWayPatch):
-            return holder
-    return None
+    """The holder :func:`install` put on ``model`` (None: the model samples jointly)."""
+    holders = (getattr(fn, "__self__", None) for fn in model.get_wrappers(WrappersMP.DIFFUSION_MODEL, PATCH_KEY))
+    return next((h for h in holders if isinstance(h, OneWayPatch)), None)

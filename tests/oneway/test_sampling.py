@@ -178,8 +178,13 @@ def test_the_cache_keeps_to_its_memory_cap():
     _sample(_, pos, neg)
     assert (newest.reused, oldest.computed) == (1, 1)                # least recently used went first
     tiny = oneway.ReferenceCache(1)
-    _sample(_one_way(model, _ref(seed=1), 1, cache=tiny)[0], pos, neg)
+    inputs, _ = _one_way(model, _ref(seed=1), 1, cache=tiny)
+    _sample(inputs, pos, neg)
     assert len(tiny) == 1                                            # the newest entry stays even over the cap
+    off = oneway.ReferenceCache(0)                                   # II_REFERENCE_CACHE_MB=0
+    inputs, holder = _one_way(model, _ref(seed=1), 1, cache=off)
+    _sample(inputs, pos, neg)
+    assert len(off) == 0 and holder.computed == 1                    # still once per run
 
 
 def pass_through_block(calls: list):
@@ -299,3 +304,15 @@ def test_reference_node_route_lora_one_way(flux_vae):
     assert prepare_reference(tagged, flux_vae, pos, image).attention == "one_way"
     assert prepare_reference(tagged, flux_vae, pos, image, route="lora").attention == "joint"
     assert prepare_reference(model, flux_vae, pos, image).attention == "joint"
+
+
+def test_weights_loaded_in_inference_mode():
+    """ComfyUI loads model files under torch.inference_mode: such weights have no version counter,
+    and the cache key must still work (the server run found this)."""
+    from instruct_identity.engine import oneway
+
+    with torch.inference_mode():
+        model = _model()
+    cache, (pos, neg) = oneway.ReferenceCache(2**30), _conds()
+    out = [_sample(_one_way(model, _ref(), 1, cache=cache)[0], pos, neg) for _ in range(2)]
+    assert torch.equal(out[0], out[1]) and cache.hits == 1
