@@ -64,10 +64,13 @@ def renderer_fingerprint(size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(unet: dict, cfg: PretrainConfig, text_identity: str, train_chars: list) -> str:
-    blob = json.dumps({"format": FORMAT, "unet": unet, "pretrain": asdict(cfg), "text": text_identity,
-                       "render": renderer_fingerprint(cfg.size),
-                       "chars": hashlib.sha256(repr(train_chars).encode()).hexdigest()[:16]}, sort_keys=True)
+def cache_key(unet: dict, cfg: PretrainConfig, text_identity: str, train_chars: list, init_key: str | None = None) -> str:
+    """``init_key``: the key of the base this stage continues from (None: from scratch)."""
+    d = {"format": FORMAT, "unet": unet, "pretrain": asdict(cfg), "text": text_identity,
+         "render": renderer_fingerprint(cfg.size), "chars": hashlib.sha256(repr(train_chars).encode()).hexdigest()[:16]}
+    if init_key is not None:
+        d["init"] = init_key
+    blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -84,14 +87,16 @@ def is_sheet_step(step: int, cfg: PretrainConfig) -> bool:
 
 
 def pretrain(unet: dict, cfg: PretrainConfig, train_chars: list, codec, text_encoder, progress=None,
-             checkpoint=None, checkpoint_every: int = 0) -> tuple[dict, dict]:
-    """Train from scratch; returns (EMA state dict, info). ``checkpoint(ema_state, step)`` is called
-    every ``checkpoint_every`` steps."""
+             checkpoint=None, checkpoint_every: int = 0, init_state: dict | None = None,
+             stage: int = 0) -> tuple[dict, dict]:
+    """Train from scratch (or continue from ``init_state``, a previous stage's EMA weights, with a fresh
+    optimiser, schedule and data stream); returns (EMA state dict, info). ``checkpoint(ema_state, step)``
+    is called every ``checkpoint_every`` steps."""
     from instruct_identity.training import objective
     from instruct_identity.training.model import FluxForward
 
     torch.manual_seed(cfg.seed)
-    patcher = components.build_model(unet, seed=cfg.seed)
+    patcher = components.build_model(unet, seed=cfg.seed, state_dict=init_state)
     base = patcher.model
     dm = base.diffusion_model
     dm.train()
@@ -101,8 +106,8 @@ def pretrain(unet: dict, cfg: PretrainConfig, train_chars: list, codec, text_enc
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    stream = data.PretrainStream(train_chars, cfg.size, codec, text_encoder, cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    stream = data.PretrainStream(train_chars, cfg.size, codec, text_encoder, cfg.seed + 1000 * stage)
+    g = torch.Generator().manual_seed(cfg.seed + 1000 * stage)
     losses: list[float] = []
     sheet_losses: list[float] = []
     t_wall, t_cpu = time.perf_counter(), time.process_time()
@@ -123,7 +128,7 @@ def pretrain(unet: dict, cfg: PretrainConfig, train_chars: list, codec, text_enc
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            d = min(cfg.ema, (1 + step) / (10 + step))
+            d = cfg.ema if init_state is not None else min(cfg.ema, (1 + step) / (10 + step))
             for k, v in dm.state_dict().items():
                 ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
         (sheet_losses if sheet else losses).append(loss.item())
@@ -144,12 +149,13 @@ def base_path(cache_dir: Path, key: str) -> Path:
 
 
 def load_or_train(cache_dir: Path, unet: dict, cfg: PretrainConfig, train_chars: list, codec, text_encoder,
-                  progress=None, force: bool = False, checkpoint_every: int = 0) -> tuple[dict, dict, Path]:
+                  progress=None, force: bool = False, checkpoint_every: int = 0,
+                  init: tuple[dict, str] | None = None, stage: int = 0) -> tuple[dict, dict, Path]:
     """The cached base weights (fp32 copy of the fp16 file) for this configuration, training them first
-    if needed; (state dict, info, file)."""
+    if needed; (state dict, info, file). ``init``: (weights, key) of the stage this one continues."""
     from instruct_identity.core.files import atomic_write_text
 
-    key = cache_key(unet, cfg, text_encoder.identity, train_chars)
+    key = cache_key(unet, cfg, text_encoder.identity, train_chars, init[1] if init else None)
     path = base_path(cache_dir, key)
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file() and not force:
@@ -166,8 +172,9 @@ def load_or_train(cache_dir: Path, unet: dict, cfg: PretrainConfig, train_chars:
         save_base(partial, state, spec, {"pretrain": asdict(cfg), "key": key, "partial_step": step})
         log.info("base model: EMA checkpoint at step %d -> %s", step, partial.name)
 
-    state, info = pretrain(unet, cfg, train_chars, codec, text_encoder, progress, checkpoint, checkpoint_every)
-    info.update({"key": key, "unet": unet, "pretrain": asdict(cfg)})
+    state, info = pretrain(unet, cfg, train_chars, codec, text_encoder, progress, checkpoint, checkpoint_every,
+                           init[0] if init else None, stage)
+    info.update({"key": key, "unet": unet, "pretrain": asdict(cfg), "init": init[1] if init else None})
     save_base(path, state, spec, {"pretrain": asdict(cfg), "key": key, "loss_last50": info["loss_last50"]})
     atomic_write_text(meta_path, json.dumps(info))
     info["cached"] = False

@@ -22,15 +22,18 @@ class Profile:
     grid_items: int = 12
     splits: tuple = ("distinct", "near")
     extra_runs: list = field(default_factory=list)
+    pretrain_more: tuple = ()   # further pre-training stages, each continuing from the previous one
 
 
 PROFILES = {
     "full": Profile("full", size=32, unet=dict(hidden=192, heads=3, double=2, single=2),
                     pretrain=dict(steps=1400, batch=32, sheet_batch=16, sheet_ratio=0.35, lr=1e-3, warmup=80),
-                    lora=dict(steps=200, batch=16, rank=16, lr=1e-3),
+                    pretrain_more=(dict(steps=1000, batch=32, sheet_batch=16, sheet_ratio=0.35, lr=5e-4, warmup=50),),
+                    lora=dict(steps=200, batch=16, rank=16, lr=2e-3),
                     train_pairs=2000, eval_items=32, heldout_pairs=24, sample_steps=24, seeds=3),
     "quick": Profile("quick", size=32, unet=dict(hidden=64, heads=2, double=1, single=1),
                      pretrain=dict(steps=6, batch=8, sheet_batch=4, sheet_ratio=0.5, lr=1e-3, warmup=2),
+                     pretrain_more=(dict(steps=3, batch=8, sheet_batch=4, sheet_ratio=0.5, lr=5e-4, warmup=1),),
                      lora=dict(steps=3, batch=4, rank=4, lr=1e-3),
                      train_pairs=24, eval_items=4, heldout_pairs=4, sample_steps=3, seeds=1,
                      t2i_samples=4, grid_items=4),

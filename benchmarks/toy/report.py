@@ -195,8 +195,11 @@ def render(results: dict, images_rel: str) -> str:
         f"{u['depth']} double + {u['depth_single_blocks']} single blocks, patch 2, no guidance embedding. Latent = "
         "pixels (`PixelCodec`, lossless 2x2 space-to-depth). Text encoder `WordEncoder` (fixed random word vectors + "
         f"phrase context + position, {te['tokens']} tokens of {te['dim']}). Pre-trained from scratch, all parameters, "
-        f"{pre.get('steps')} steps, plain flow matching ({pre.get('timestep_sampling')} timesteps), AdamW lr "
-        f"{pre.get('lr')} with warm-up and cosine decay, EMA {pre.get('ema')}: "
+        + (" + ".join(f"{st['pretrain']['steps']} steps at peak lr {st['pretrain']['lr']:g}" for st in b["pretrain"]["stages"])
+           + " (a second stage continuing from the first's EMA weights with a fresh warm-up and cosine decay)"
+           if b["pretrain"].get("stages") else f"{pre.get('steps')} steps, AdamW lr {pre.get('lr')} with warm-up and "
+           "cosine decay")
+        + f", plain flow matching ({pre.get('timestep_sampling')} timesteps), AdamW, EMA {pre.get('ema')}: "
         f"{int(round(100 * (1 - pre.get('sheet_ratio', 0))))} % of the steps batches of {pre.get('batch')} single "
         f"renders (captions with the character and the pose, 30 % pose only, 10 % empty), {int(round(100 * pre.get('sheet_ratio', 0)))} % "
         f"batches of {pre.get('sheet_batch')} **two-view character sheets** (one character in two poses side by side, "

@@ -117,6 +117,17 @@ def run_profile(profile: Profile, work: Path, seed: int, threads: int, workers: 
     pcfg = pretrain.PretrainConfig(seed=seed, size=profile.size, **profile.pretrain)
     base_state, base_info, base_file = pretrain.load_or_train(work.parent / "base-cache", unet, pcfg, train_chars,
                                                               codec, te, progress=bar, force=retrain_base)
+    stages = [base_info]
+    for i, more in enumerate(profile.pretrain_more, start=1):
+        cfg_i = pretrain.PretrainConfig(seed=seed, size=profile.size, **more)
+        base_state, base_info, base_file = pretrain.load_or_train(
+            work.parent / "base-cache", unet, cfg_i, train_chars, codec, te, progress=bar, force=retrain_base,
+            init=(base_state, base_info["key"]), stage=i)
+        stages.append(base_info)
+    if len(stages) > 1:  # the whole pre-training, stage by stage
+        base_info = {**base_info, "wall_s": sum(s_["wall_s"] for s_ in stages), "cpu_s": sum(s_["cpu_s"] for s_ in stages),
+                     "loss_first50": stages[0]["loss_first50"],
+                     "stages": [{k: v for k, v in s_.items() if k not in ("losses", "unet")} for s_ in stages]}
     base_key = base_info["key"]
 
     # 2. the base's text-to-image check (cached with the base)
