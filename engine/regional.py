@@ -33,7 +33,7 @@ import comfy.patcher_extension
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..core import regions as R
+from ..core import limits, regions as R
 from ..core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,10 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         holder.warn_once("foreign", "Instruct Identity regional: a conditioning with an attention mask that this patch did not "
                          "build reached the model; it is used as it is (pair the MODEL and CONDITIONING of the same node).")
         return executor(*args, **kwargs)
+    if text.total + rows * cols > limits.MAX_REGIONAL_TOKENS:
+        raise InputError("latent", f"regional prompting here needs {text.total + rows * cols} tokens, over the limit of "
+                         f"{limits.MAX_REGIONAL_TOKENS}.", "Sample at the layout's size and upscale afterwards (or raise "
+                         "II_MAX_REGIONAL_TOKENS, docs/limits.md).")
     fraction = step_fraction(to.get("sigmas"), to.get("sample_sigmas"))
     if fraction is None:
         holder.warn_once("window", "Instruct Identity regional: the sampler gave no schedule, so the injection window "

@@ -300,3 +300,17 @@ def test_node_function_encodes_regions_with_clip():
     assert cond[0][1]["attention_mask"].shape == (1, n + 32, n + 32)
     assert cond[0][1]["attention_mask_img_shape"] == (4, 8)
     assert torch.isfinite(_sample(model, cond)).all()
+
+
+def test_sampling_far_larger_than_the_layout_is_refused_by_name(monkeypatch):
+    """The patch's masks grow with the sampled latent, not the layout: over the token limit it says so."""
+    from instruct_identity.core import limits
+    from instruct_identity.core.errors import InputError
+
+    m, c = _regional(_model())
+    tokens = 4 + 3 + 5 + 4 * 8                       # base + region texts + the layout-sized image grid
+    monkeypatch.setattr(limits, "MAX_REGIONAL_TOKENS", tokens)
+    _sample(m, c)                                    # at the layout's size: fine
+    with pytest.raises(InputError, match="II_MAX_REGIONAL_TOKENS") as e:
+        _sample(m, c, latent=(16, 32))               # 4x the image tokens
+    assert e.value.input_name == "latent"
