@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from instruct_identity.core.files import atomic_write_bytes
 from instruct_identity.engine import runtime, synthetic
 
@@ -120,17 +119,19 @@ def measure(args) -> dict:
             sync(cuda)
             return clock(cuda) - t
 
+        def identity(mode, ref=ref, kw=kw):
+            return sample_identity(model, ref, cond, cond, reference_attention=mode, **kw)
+
         runs = {
-            "plain": lambda: sample_text_to_image(model, (1, 16, h, w), cond, cond, **kw),
-            "joint": lambda: sample_identity(model, ref, cond, cond, reference_attention="joint", **kw),
-            "one_way_first_run": lambda: (oneway.CACHE.clear(), sample_identity(model, ref, cond, cond,
-                                                                                reference_attention="one_way", **kw)),
-            "one_way_second_run": lambda: sample_identity(model, ref, cond, cond, reference_attention="one_way", **kw),
+            "plain": lambda h=h, w=w, kw=kw: sample_text_to_image(model, (1, 16, h, w), cond, cond, **kw),
+            "joint": lambda: identity("joint"),
+            "one_way_first_run": lambda: (oneway.CACHE.clear(), identity("one_way")),
+            "one_way_second_run": lambda: identity("one_way"),   # follows the first run: a cache hit
         }
         sample_identity(model, ref, cond, cond, reference_attention="one_way", seed=0, steps=1, cfg=1.0)  # warm-up
         times = {k: [] for k in runs}
         for _ in range(args.repeats):
-            for name, fn in runs.items():          # one_way_second_run follows its first run: a cache hit
+            for name, fn in runs.items():
                 times[name].append(run(fn))
         med = {k: statistics.median(v) for k, v in times.items()}
         out[str(px)] = {"seconds": med, "joint": med["joint"] / med["plain"],

@@ -477,7 +477,7 @@ class ReferenceCache:
             self._entries[key] = _Entry(kv, weakref.ref(model), kv.nbytes)
             self._entries.move_to_end(key)
             while len(self._entries) > 1 and self.nbytes > self.max_bytes:
-                old, entry = self._entries.popitem(last=False)
+                _, entry = self._entries.popitem(last=False)
                 log.info("one-way reference cache: dropped a reference (%.0f MiB) to stay under %.0f MiB",
                          entry.nbytes / 2**20, self.max_bytes / 2**20)
 

@@ -6,12 +6,11 @@ the way joint mode does, and gets one-way attention from an attention mask (refe
 only reference keys) and per-token modulation (reference tokens: timestep 0, guidance 1, zero pooled
 vector). It uses the model's layers and ComfyUI's RoPE, and nothing of ``engine.oneway``."""
 
+import ii_harness
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-
-import ii_harness
 from instruct_identity.core import layout
 
 pytestmark = pytest.mark.usefixtures("comfy")
@@ -166,7 +165,6 @@ def _inputs(family, batch=2, refs=1, seed=3):
 @pytest.mark.parametrize("refs", [1, 2])
 def test_one_way_forward_equals_the_masked_full_grid_formulation(family, refs):
     from comfy.patcher_extension import WrappersMP
-
     from instruct_identity.engine import oneway
 
     dm = _model(family).model.diffusion_model
@@ -192,7 +190,6 @@ def test_keys_and_values_computed_once_serve_every_step_prompt_and_target():
     target half: the reference path depends on none of them (the masked formulation recomputes the
     reference tokens at every call)."""
     from comfy.patcher_extension import WrappersMP
-
     from instruct_identity.engine import oneway
 
     dm = _model().model.diffusion_model

@@ -2,10 +2,9 @@
 forward equals the uncached one, the cache is keyed right (reference, weights, LoRA), other packs'
 block patches and wrappers keep running, and joint mode is what it was."""
 
+import ii_harness
 import pytest
 import torch
-
-import ii_harness
 from instruct_identity.core import layout
 
 pytestmark = pytest.mark.usefixtures("comfy")
@@ -80,8 +79,6 @@ def test_cached_forward_equals_uncached_forward(sampler, path, refs, batch):
     """K/V computed once per run (cached) vs recomputed from the model input at every call, per batch
     item (uncached): the same samples, CFG 2.5 (cond and uncond in one call)."""
     from comfy.patcher_extension import WrappersMP
-
-    from instruct_identity.engine import oneway
 
     model, ref = _model(), _ref(refs)
     pos, neg = _conds()
@@ -232,7 +229,6 @@ def test_another_packs_block_patch_keeps_running_around_the_one_way_block(order)
 def test_joint_mode_is_untouched():
     """Untagged models get exactly today's patch: our two wrappers, no block patches, no one-way."""
     from comfy.patcher_extension import WrappersMP
-
     from instruct_identity.engine import oneway
     from instruct_identity.engine.patch import PATCH_KEY, patch_model
     from instruct_identity.engine.sampling import identity_inputs
@@ -252,10 +248,9 @@ def test_joint_mode_is_untouched():
 def test_the_mode_comes_from_the_model_tag_unless_given(tmp_path):
     """The trainer and Instruct Identity Load LoRA tag the model; sample_identity and the Reference
     node follow the tag; an explicit mode wins; a LoRA file's metadata sets the tag."""
-    from safetensors.torch import save_file
-
     from instruct_identity.engine import oneway
     from instruct_identity.engine.sampling import identity_inputs
+    from safetensors.torch import save_file
 
     model = _model()
     tagged = model.clone()

@@ -5,12 +5,11 @@ stock LoRA loader."""
 
 import re
 
+import ii_harness
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-
-import ii_harness
 
 pytestmark = pytest.mark.slow
 

@@ -5,14 +5,13 @@ LoRA file records the mode."""
 import sys
 from pathlib import Path
 
+import ii_harness
 import pytest
 import torch
-
-import ii_harness
 from instruct_identity.core import layout
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from ii_train_helpers import make_pairs, write_image  # noqa: E402
+from ii_train_helpers import make_pairs, write_image
 
 pytestmark = pytest.mark.usefixtures("comfy")
 
@@ -51,7 +50,6 @@ def test_training_forward_is_the_samplers_forward():
     """FluxForward(one_way) on a [noisy target | clean reference] grid = the sampler's one-way
     wrapper with the K/V computed once for the same reference; the reference half predicts 0."""
     from comfy.patcher_extension import WrappersMP
-
     from instruct_identity.engine import oneway
     from instruct_identity.training.model import FluxForward
 
@@ -121,11 +119,10 @@ def _components():
 def test_train_one_way_end_to_end(tmp_path):
     """``train(cfg, components)`` with reference_attention = one_way (what the toy runner passes):
     the loss falls, previews sample one way, the file records the mode, the model is tagged."""
-    from safetensors import safe_open
-
     from instruct_identity.engine import oneway
     from instruct_identity.engine.sampling import identity_inputs
     from instruct_identity.training.trainer import train
+    from safetensors import safe_open
 
     pairs = make_pairs(tmp_path / "pairs", n=2, seed=3)
     prompts = tmp_path / "pairs" / "prompts.txt"
