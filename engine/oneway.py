@@ -28,26 +28,33 @@ model input to the target half and hands the per-call state to the blocks throug
 ``transformer_options["patches_replace"]["dit"]`` (``ModelPatcher.set_model_patch_replace``). A
 block patch another pack installed is kept: it is called with ``original_block`` set to the one-way
 block, whichever of the two was installed first (see :class:`OneWayBlock`).
+
+The block math lives in ``engine/oneway_blocks.py``, the cross-run cache in ``engine/oneway_cache.py``;
+this module holds the mode, the per-call seam and the sampler patch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from comfy.ldm.flux import math as flux_math
-from comfy.ldm.flux.layers import apply_mod, timestep_embedding
 from comfy.patcher_extension import WrappersMP
 
 from ..core import layout
 from ..core.errors import InputError
+from .oneway_blocks import (  # noqa: F401  (the block math, re-exported for the one-way API's users)
+    BlockKV,
+    ReferenceKV,
+    call_block,
+    checkpointed,
+    double_block,
+    reference_kv,
+    reference_modulation,
+    single_block,
+)
+from .oneway_cache import CACHE, ReferenceCache, tensor_digest, weights_fingerprint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,6 @@ CALL_KEY = "instruct_identity.one_way.call"    # per-call state in transformer_o
 MODE_ATTACHMENT = "instruct_identity.reference_attention"  # ModelPatcher attachment: the LoRA's mode
 METADATA_KEY = "reference_attention"           # LoRA file metadata key written by the trainer
 
-REFERENCE_TIMESTEP = 0.0
-REFERENCE_GUIDANCE = 1.0
-DEFAULT_CACHE_MB = 4096   # one 1024^2 FLUX.1-dev reference in bf16 (2.7 GiB) or five 512^2 ones
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,179 +118,6 @@ def check_model(diffusion_model) -> None:
     if not isinstance(diffusion_model, Flux):
         raise InputError("reference_attention", f"one_way needs a FLUX.1 or FLUX.2 transformer, not "
                          f"{type(diffusion_model).__name__}.", "Use reference_attention = joint with this model.")
-
-
-# --------------------------------------------------------------------------------------------------
-# the block math (one definition: the trainer's forward and the sampler patch both run it)
-
-
-@dataclass
-class BlockKV:
-    """One block's reference keys (RoPE applied) and values, ``[R, heads, N_ref, head_dim]``."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-
-@dataclass
-class ReferenceKV:
-    """The reference's K/V for every block: what the target attends to beside itself."""
-
-    double: list[BlockKV]
-    single: list[BlockKV]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for kv in self.double + self.single for t in (kv.k, kv.v))
-
-    def block(self, kind: str, index: int) -> BlockKV:
-        return (self.double if kind == "double" else self.single)[index]
-
-
-def _double_mods(block, vec):
-    if block.modulation:
-        return block.img_mod(vec) + block.txt_mod(vec)
-    (img1, img2), (txt1, txt2) = vec
-    return img1, img2, txt1, txt2
-
-
-def _stream_qkv(norm, attn, x, mod, heads: int):
-    """A double block stream's q, k, v (QK-normed, RoPE not yet applied): ``[B, heads, N, head_dim]``."""
-    qkv = attn.qkv(apply_mod(norm(x), (1 + mod.scale), mod.shift))
-    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = attn.norm(q, k, v)
-    return q, k, v
-
-
-def _single_qkv(block, x, mod):
-    qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(x), (1 + mod.scale), mod.shift)),
-                           [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
-    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = block.norm(q, k, v)
-    return q, k, v, mlp
-
-
-def _extend_mask(mask, extra: int):
-    """An attention mask over ``[txt | image]`` keys, widened so every query may see ``extra`` more keys."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        return torch.cat([mask, mask.new_ones(mask.shape[:-1] + (extra,))], dim=-1)
-    return torch.cat([mask, mask.new_zeros(mask.shape[:-1] + (extra,))], dim=-1)
-
-
-def _attend(q, k, v, pe, mask, ref: BlockKV | None, transformer_options):
-    """ComfyUI's FLUX attention; with ``ref``, the reference's keys and values are appended to the
-    (RoPE-rotated) keys and values of the queries' own sequence."""
-    if ref is None:
-        return flux_math.attention(q, k, v, pe=pe, mask=mask, transformer_options=transformer_options)
-    if pe is not None:
-        q, k = flux_math.apply_rope(q, k, pe)
-    rk = layout.match_batch(ref.k, q.shape[0], "reference").to(k.dtype)
-    rv = layout.match_batch(ref.v, q.shape[0], "reference").to(v.dtype)
-    k, v = torch.cat([k, rk], dim=2), torch.cat([v, rv], dim=2)
-    return flux_math.attention(q, k, v, pe=None, mask=_extend_mask(mask, rk.shape[2]),
-                               transformer_options=transformer_options)
-
-
-def _finite(x):
-    return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504) if x.dtype == torch.float16 else x
-
-
-def double_block(block, img, txt, vec, pe, attn_mask=None, ref: BlockKV | None = None, transformer_options=None):
-    """ComfyUI's ``DoubleStreamBlock.forward`` (text first), out of place, with the target and text
-    queries also attending to ``ref``. ``ref=None`` is the stock block."""
-    to = transformer_options if transformer_options is not None else {}
-    img_mod1, img_mod2, txt_mod1, txt_mod2 = _double_mods(block, vec)
-    img_q, img_k, img_v = _stream_qkv(block.img_norm1, block.img_attn, img, img_mod1, block.num_heads)
-    txt_q, txt_k, txt_v = _stream_qkv(block.txt_norm1, block.txt_attn, txt, txt_mod1, block.num_heads)
-    attn = _attend(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2),
-                   pe, attn_mask, ref, to)
-    txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
-    img = img + apply_mod(block.img_attn.proj(img_attn), img_mod1.gate)
-    img = img + apply_mod(block.img_mlp(apply_mod(block.img_norm2(img), (1 + img_mod2.scale), img_mod2.shift)), img_mod2.gate)
-    txt = txt + apply_mod(block.txt_attn.proj(txt_attn), txt_mod1.gate)
-    txt = txt + apply_mod(block.txt_mlp(apply_mod(block.txt_norm2(txt), (1 + txt_mod2.scale), txt_mod2.shift)), txt_mod2.gate)
-    return img, _finite(txt)
-
-
-def single_block(block, x, vec, pe, attn_mask=None, ref: BlockKV | None = None, transformer_options=None):
-    """ComfyUI's ``SingleStreamBlock.forward``, out of place, with the queries also attending to ``ref``."""
-    to = transformer_options if transformer_options is not None else {}
-    mod = block.modulation(vec)[0] if block.modulation else vec
-    q, k, v, mlp = _single_qkv(block, x, mod)
-    attn = _attend(q, k, v, pe, attn_mask, ref, to)
-    out = block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
-    return _finite(x + apply_mod(out, mod.gate))
-
-
-def reference_double(block, x, vec, pe, transformer_options=None):
-    """The reference tokens through a double block (its image stream), attending only to themselves:
-    (next hidden state, K with RoPE, V)."""
-    mod1, mod2 = block.img_mod(vec) if block.modulation else vec[0]
-    q, k, v = _stream_qkv(block.img_norm1, block.img_attn, x, mod1, block.num_heads)
-    q, k = flux_math.apply_rope(q, k, pe)
-    attn = flux_math.attention(q, k, v, pe=None, transformer_options=transformer_options or {})
-    x = x + apply_mod(block.img_attn.proj(attn), mod1.gate)
-    x = x + apply_mod(block.img_mlp(apply_mod(block.img_norm2(x), (1 + mod2.scale), mod2.shift)), mod2.gate)
-    return x, k, v
-
-
-def reference_single(block, x, vec, pe, transformer_options=None):
-    """The reference tokens through a single block, attending only to themselves."""
-    mod = block.modulation(vec)[0] if block.modulation else vec
-    q, k, v, mlp = _single_qkv(block, x, mod)
-    q, k = flux_math.apply_rope(q, k, pe)
-    attn = flux_math.attention(q, k, v, pe=None, transformer_options=transformer_options or {})
-    return _finite(x + apply_mod(block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2)), mod.gate)), k, v
-
-
-def reference_modulation(dm, device, dtype):
-    """(double-block vec, single-block vec) of the reference path: FLUX's embedding of timestep 0,
-    guidance 1.0 (if embedded) and a zero pooled vector, for one sample (it broadcasts)."""
-    t = torch.full((1,), REFERENCE_TIMESTEP, device=device, dtype=torch.float32)
-    vec = dm.time_in(timestep_embedding(t, 256).to(dtype))
-    if dm.params.guidance_embed:
-        g = torch.full((1,), REFERENCE_GUIDANCE, device=device, dtype=torch.float32)
-        vec = vec + dm.guidance_in(timestep_embedding(g, 256).to(dtype))
-    if dm.vector_in is not None:
-        vec = vec + dm.vector_in(torch.zeros((1, dm.params.vec_in_dim), device=device, dtype=dtype))
-    if dm.params.global_modulation:
-        return (dm.double_stream_modulation_img(vec), dm.double_stream_modulation_txt(vec)), dm.single_stream_modulation(vec)[0]
-    return vec, vec
-
-
-def call_block(fn, *args):
-    return fn(*args)
-
-
-def checkpointed(fn, *args):
-    """Per-block non-reentrant gradient checkpointing (the trainer's memory saver)."""
-    from torch.utils.checkpoint import checkpoint
-
-    return checkpoint(fn, *args, use_reentrant=False)
-
-
-def reference_kv(dm, reference: torch.Tensor, transformer_options=None, run=call_block) -> ReferenceKV:
-    """The reference's keys and values at every block.
-
-    ``reference``: ``[R, C, h, w]``, the clean reference in the model's input space and compute dtype
-    (the right half of the grid the model is given). Its RoPE positions are the grid's right half:
-    columns ``w .. 2w-1``, exactly where joint mode puts them. ``run(fn, *args)`` runs each block
-    (plain, or :func:`checkpointed` while training)."""
-    to = transformer_options if transformer_options is not None else {}
-    tokens, ids = dm.process_img(reference, w_offset=reference.shape[-1], transformer_options=to)
-    pe = dm.pe_embedder(ids[:1])
-    x = dm.img_in(tokens)
-    vec_double, vec_single = reference_modulation(dm, x.device, x.dtype)
-    double, single = [], []
-    for block in dm.double_blocks:
-        x, k, v = run(reference_double, block, x, vec_double, pe, to)
-        double.append(BlockKV(k, v))
-    for block in dm.single_blocks:
-        x, k, v = run(reference_single, block, x, vec_single, pe, to)
-        single.append(BlockKV(k, v))
-    return ReferenceKV(double, single)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,86 +238,6 @@ def training_options(checkpoint: bool) -> dict:
                                (timestep, context, y, guidance, ref_latents, control, transformer_options), kwargs)
 
     return {"wrappers": {WrappersMP.DIFFUSION_MODEL: {PATCH_KEY: [wrapper]}}}
-
-
-# --------------------------------------------------------------------------------------------------
-# the cache: per reference, across sampling runs
-
-
-def weights_fingerprint(dm) -> str:
-    """Changes whenever a weight tensor is replaced or modified in place (ComfyUI patching a LoRA in,
-    an optimizer step on a trained LoRA): storage address and version counter of every parameter.
-    Weights ComfyUI loaded under ``torch.inference_mode`` have no version counter; ComfyUI changes
-    those only through its patches, which the ModelPatcher's ``patches_uuid`` in the key covers."""
-    h = hashlib.sha1()
-    for p in dm.parameters():
-        h.update(f"{p.data_ptr()}:{'i' if p.is_inference() else p._version};".encode())
-    return h.hexdigest()
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    t = t.detach().to("cpu", torch.float32).contiguous()
-    return hashlib.sha1(repr(tuple(t.shape)).encode() + t.numpy().tobytes()).hexdigest()
-
-
-@dataclass
-class _Entry:
-    kv: ReferenceKV
-    model: weakref.ref
-    nbytes: int
-
-
-class ReferenceCache:
-    """Reference K/V by key, least recently used dropped first once their total exceeds
-    ``max_bytes`` (the entry just added is always kept, even if it alone is larger; ``max_bytes``
-    0 keeps nothing). Entries live on the device they were computed on; ComfyUI's memory manager
-    does not see them, which is what the cap is for. On a GPU, recomputing a reference costs about
-    one model call of H x W tokens, so the cache saves little more than that per queued run."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key, model) -> ReferenceKV | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry.model() is model:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry.kv
-            if entry is not None:           # the model it was made for is gone (an id was reused)
-                del self._entries[key]
-            self.misses += 1
-            return None
-
-    def put(self, key, model, kv: ReferenceKV) -> None:
-        if self.max_bytes <= 0:   # II_REFERENCE_CACHE_MB=0: nothing kept across runs (a run still reuses its own)
-            return
-        with self._lock:
-            for k in [k for k, e in self._entries.items() if e.model() is None]:
-                del self._entries[k]                 # made for a model that has been freed
-            self._entries[key] = _Entry(kv, weakref.ref(model), kv.nbytes)
-            self._entries.move_to_end(key)
-            while len(self._entries) > 1 and self.nbytes > self.max_bytes:
-                _, entry = self._entries.popitem(last=False)
-                log.info("one-way reference cache: dropped a reference (%.0f MiB) to stay under %.0f MiB",
-                         entry.nbytes / 2**20, self.max_bytes / 2**20)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-CACHE = ReferenceCache(int(float(os.environ.get("II_REFERENCE_CACHE_MB", DEFAULT_CACHE_MB)) * 2**20))
 
 
 @dataclass
