@@ -163,7 +163,7 @@ def identity_graph(fill: bool) -> dict:
 DEMO_TEMPLATE = "instruct_identity_demo_cpu.json"
 DEMO_BASE = "ii_demo_base.safetensors"
 DEMO_LORA = "ii_demo_identity_lora.safetensors"
-DEMO_PROMPT = "the character arms up, large, on the right"
+DEMO_PROMPT = "the character standing, large, on the left"
 DEMO_STEPS = 30
 DEMO_SEED = 7
 DEMO_PREFIX = "instruct_identity_demo"
@@ -182,8 +182,8 @@ def demo_reference() -> tuple[str, str]:
     if index.is_file():
         entry = next((e for e in json.loads(index.read_text()) if e.get("file") == refs[0]), {})
         tries = [t for t in entry.get("try", []) if t != entry.get("pose")]
-        lying = [t for t in tries if "lying" in t]  # the most visible change of pose
-        prompt = (lying or tries or [prompt])[0]
+        large = [t for t in tries if "large" in t]  # a large figure shows the character's colours best
+        prompt = (large or tries or [prompt])[0]
     return refs[0], prompt
 
 
@@ -246,9 +246,9 @@ def main() -> None:
                         ("instruct_identity_lora.json", identity_graph(fill=False)),
                         ("instruct_identity_fill_zero_shot.json", identity_graph(fill=True))):
         (OUT / name).write_text(json.dumps(graph, indent=1) + "\n")
-        print(f"wrote workflows/{name}")  # noqa: T201 - a build script's report
+        print(f"wrote workflows/{name}")
     DEMO_API.write_text(json.dumps(demo.to_api(), indent=1) + "\n")
-    print(f"wrote {DEMO_API.relative_to(REPO)}")  # noqa: T201
+    print(f"wrote {DEMO_API.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
