@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..miniature import demo
 from . import CATEGORY
@@ -80,7 +80,8 @@ class InstructIdentityDemoReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, reference) -> io.NodeOutput:
-        return io.NodeOutput(demo.load_reference(reference))
+        image = demo.load_reference(reference)
+        return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))
 
 
 NODES = [InstructIdentityDemoModel, InstructIdentityDemoReference]

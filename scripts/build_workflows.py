@@ -196,7 +196,7 @@ def demo_graph() -> Graph:
                  api={"lora_name": DEMO_LORA, "strength_model": 1.0})
     g.link(loader, "MODEL", lora, "model")
     reference, prompt = demo_reference()
-    image = g.add("InstructIdentityDemoReference", (0, 300), size=(340, 90), title="Reference character",
+    image = g.add("InstructIdentityDemoReference", (0, 300), size=(340, 150), title="Reference character",
                   api={"reference": reference})
     text = g.add("CLIPTextEncode", (390, 0), size=(380, 140), title="Prompt (the new pose)", api={"text": prompt})
     g.link(loader, "CLIP", text, "clip")
@@ -235,7 +235,7 @@ def demo_graph() -> Graph:
         "Bypass the LoRA node to see the base model alone. Train your own demo LoRA with "
         "`ii-train --config training/examples/demo.toml` (it appears in the LoRA list)."
     )
-    g.add("MarkdownNote", (0, 440), [note], size=(340, 330), title="How to use")
+    g.add("MarkdownNote", (0, 520), [note], size=(340, 280), title="How to use")
     return g
 
 
