@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,12 @@ def test_demo_template_runs_in_the_browser(demo_server):
             and (REPO / "tests" / "frontend" / "node_modules" / "playwright-core").is_dir()):
         pytest.fail("the browser test needs Chromium, Node and playwright-core: run scripts/setup_browser.sh",
                     pytrace=False)
+    # a fresh user's pop-ups (tutorial, template dialog, ...) off, as the browser tests of tests/frontend do
+    sys.path.insert(0, str(REPO / "tests" / "frontend"))
+    from ii_frontend import SETTINGS
+
+    status, body = demo_server.post("/settings", SETTINGS)
+    assert status == 200, body
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = Path(os.environ.get("II_DEMO_SCREENSHOT") or ARTIFACTS / "demo-frontend.png")
     out = ARTIFACTS / "frontend_demo.result.json"
