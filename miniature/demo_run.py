@@ -8,7 +8,8 @@ It waits for the server, queues ``miniature/demo_prompt.json`` (the API form of
 ``workflows/instruct_identity_demo_cpu.json``, both written by ``scripts/build_workflows.py``) with the
 template itself as the prompt's workflow (so the picture's PNG metadata and the queue history open it
 in the frontend), waits for the result and logs the saved file's path. Only the standard library is
-used (no ComfyUI, no torch), so it also runs as a plain file.
+used (no ComfyUI, no torch), so it also runs as a plain file; bootstrap.sh runs it beside the server
+and stops it when the server exits.
 """
 
 from __future__ import annotations
@@ -52,11 +53,9 @@ def _post(url: str, payload: dict, timeout: float = 30.0) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-def wait_for_server(url: str, timeout: float, alive=lambda: True) -> None:
+def wait_for_server(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("ComfyUI exited before it answered")
         try:
             _get(url + "/system_stats", timeout=5)
             return
@@ -82,11 +81,9 @@ def queue(url: str, prompt: dict, workflow: dict | None) -> str:
     return body["prompt_id"]
 
 
-def wait_done(url: str, prompt_id: str, timeout: float, alive=lambda: True) -> dict:
+def wait_done(url: str, prompt_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError("ComfyUI exited while the demo ran")
         entry = _get(f"{url}/history/{prompt_id}").get(prompt_id)
         status = (entry or {}).get("status", {})
         if status.get("completed") or status.get("status_str") in ("success", "error"):
@@ -123,13 +120,13 @@ def output_dir(comfyui: Path, comfy_args: list[str]) -> Path:
     return (Path(arg("--base-directory") or comfyui) / "output").resolve()
 
 
-def run(url: str, comfyui: Path, comfy_args: list[str], timeout: float, alive=lambda: True) -> list[Path]:
+def run(url: str, comfyui: Path, comfy_args: list[str], timeout: float) -> list[Path]:
     t0 = time.monotonic()
-    wait_for_server(url, timeout, alive)
+    wait_for_server(url, timeout)
     prompt, workflow = load_prompt()
     prompt_id = queue(url, prompt, workflow)
     log.info("queued the built-in demo (workflows/instruct_identity_demo_cpu.json)")
-    entry = wait_done(url, prompt_id, max(10.0, timeout - (time.monotonic() - t0)), alive)
+    entry = wait_done(url, prompt_id, max(10.0, timeout - (time.monotonic() - t0)))
     out = output_dir(comfyui, comfy_args)
     paths = [out / i.get("subfolder", "") / i["filename"] for i in saved_images(entry, prompt)]
     if not paths:
@@ -141,23 +138,6 @@ def run(url: str, comfyui: Path, comfy_args: list[str], timeout: float, alive=la
     return paths
 
 
-def _alive(pid: int | None):
-    if not pid:
-        return lambda: True
-    import os
-
-    def alive():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    return alive
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     comfy_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -165,12 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="demo_run.py", description=__doc__.split("\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8188")
     ap.add_argument("--comfyui", type=Path, default=Path("."), help="ComfyUI's folder (for its output folder)")
-    ap.add_argument("--server-pid", type=int, default=None, help="stop waiting if this process exits")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds for server start + demo run")
     args = ap.parse_args(ours)
     logging.basicConfig(level=logging.INFO, format="[instruct-identity] %(message)s")
     try:
-        run(args.url.rstrip("/"), args.comfyui, comfy_args, args.timeout, _alive(args.server_pid))
+        run(args.url.rstrip("/"), args.comfyui, comfy_args, args.timeout)
     except (RuntimeError, TimeoutError, OSError, ValueError) as e:
         log.error("the built-in demo did not run: %s (ComfyUI keeps running; II_DEMO=0 skips the demo)", e)
         return 1

@@ -146,14 +146,15 @@ case "$cmd" in
     # shellcheck disable=SC2086
     "$py" main.py $device_flag --listen "$host" --port "$port" --disable-auto-launch "$@" &
     server=$!
-    trap 'kill -TERM "$server" 2>/dev/null || true' INT TERM
     log "the built-in demo (workflows/instruct_identity_demo_cpu.json) is queued once the server is up (II_DEMO=0 skips it)"
     # run as a file: standard library only, nothing of ComfyUI or the pack is imported by the client
-    "$py" "$here/miniature/demo_run.py" --url "http://$host:$port" --comfyui "$comfy" \
-      --server-pid "$server" -- "$@" || true
+    "$py" "$here/miniature/demo_run.py" --url "http://$host:$port" --comfyui "$comfy" -- "$@" &
+    client=$!
+    trap 'kill -TERM "$server" "$client" 2>/dev/null || true' INT TERM
     status=0; wait "$server" || status=$?
     # a trapped Ctrl-C interrupts the first wait while the server is still shutting down
     while kill -0 "$server" 2>/dev/null; do wait "$server" || status=$?; done
+    kill -TERM "$client" 2>/dev/null || true  # the server is gone: stop waiting for it
     exit "$status" ;;
   test)
     setup "test,pyiqa"
