@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.errors import InputError
 from . import files
 
 
@@ -23,7 +24,15 @@ def spec_of(path: str | Path | None) -> files.BaseSpec | None:
         return None
     if meta.get("format") != files.FORMAT:
         return None
-    return files.BaseSpec.from_metadata(meta)
+    try:
+        return files.BaseSpec.from_metadata(meta)
+    except (ValueError, KeyError) as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path, error: Exception) -> InputError:
+    return InputError("pretrained_model_name_or_path", f"{path} is a miniature base file that this version of the "
+                      f"pack cannot rebuild ({error}).", "Re-export it with miniature.save_base, or update the pack.")
 
 
 def encoders_of(path: str | Path | None):
@@ -31,11 +40,17 @@ def encoders_of(path: str | Path | None):
     spec = spec_of(path)
     if spec is None:
         return None
-    return files.make_codec(spec.codec), files.make_text_encoder(spec.text_encoder)
+    try:
+        return files.make_codec(spec.codec), files.make_text_encoder(spec.text_encoder)
+    except (ValueError, KeyError) as e:
+        raise _unreadable(path, e) from e
 
 
 def model_of(path: str | Path | None):
     """The miniature base's model (a ComfyUI ModelPatcher, fp32); None for other files."""
     if spec_of(path) is None:
         return None
-    return files.load_base(path).model
+    try:
+        return files.load_base(path).model
+    except (ValueError, KeyError) as e:
+        raise _unreadable(path, e) from e

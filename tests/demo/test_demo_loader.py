@@ -175,3 +175,20 @@ def test_a_replaced_base_file_is_reloaded_not_served_from_comfyuis_cache(demo_mo
     os.utime(path, ns=(1, 1))  # even with an old time stamp the size/time pair differs
     assert before and InstructIdentityDemoModel.fingerprint_inputs("replaced.safetensors") != before
     assert demo.file_fingerprint(demo.base_path, "nope.safetensors") == ""
+
+
+def test_a_base_this_version_cannot_rebuild_is_explained(demo_models):
+    from instruct_identity.miniature import base_file, components, demo, files
+
+    path = demo_models / "future_base.safetensors"
+    cfg = components.unet_config(**SMALL)
+    spec = files.BaseSpec(cfg, image_size=SIZE, text_encoder={"kind": "words-from-the-future", "dim": 24})
+    files.save_base(path, components.build_model(cfg).model.diffusion_model.state_dict(), spec)
+    assert "future_base.safetensors" in demo.base_names()  # listed: it says it is a miniature base
+    with pytest.raises(InputError) as e:
+        demo.load_demo("future_base.safetensors")
+    assert e.value.input_name == "base" and "words-from-the-future" in str(e.value)
+    with pytest.raises(InputError) as e:
+        base_file.encoders_of(path)
+    assert e.value.input_name == "pretrained_model_name_or_path" and "Re-export" in str(e.value)
+    assert base_file.spec_of(demo_models / "not_a_base.safetensors") is None
