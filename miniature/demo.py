@@ -44,7 +44,6 @@ REFERENCES_DIR = DEMO_DIR / "references"
 TRAINED_DIR = PACK / "output" / "demo-lora"  # output_dir of training/examples/demo.toml
 BASE_FOLDER = "instruct_identity_demo"     # folder_paths key of miniature base files
 BASE_NAME = "ii_demo_base.safetensors"
-LORA_NAME = "ii_demo_identity_lora.safetensors"
 TEMPLATE = "instruct_identity_demo_cpu"          # workflows/instruct_identity_demo_cpu.json
 REFERENCE_SUFFIXES = (".png",)
 
