@@ -85,21 +85,21 @@ def data_size(manifest: Path) -> int:
 
 
 def load_with_lora(unet: dict, base_state: dict, lora_path: str | None):
-    """A fresh base, plus the LoRA file through ComfyUI's loader (None: the base alone)."""
-    import comfy.sd
-    import comfy.utils
+    """A fresh base, plus the LoRA file through ComfyUI's loader (None: the base alone), tagged with the
+    reference attention its metadata records (so a one-way LoRA is sampled one way)."""
+    from instruct_identity.engine import oneway
 
     base = components.build_model(unet, state_dict=base_state)
     if lora_path is None:
         return base
-    model, _ = comfy.sd.load_lora_for_models(base, None, comfy.utils.load_torch_file(lora_path), 1.0, 0.0)
-    return model
+    return oneway.apply_lora_file(base, lora_path)[0]
 
 
 @torch.no_grad()
 def heldout_loss(patcher, codec, text_encoder, pairs: list[data.PairSpec], size: int, seed: int) -> float:
     """Eq. 2 on held-out pairs (target half only, for every run, whatever its training loss), fixed noise
     and timesteps on a grid of noise levels: comparable between runs, unlike the training losses."""
+    from instruct_identity.engine import oneway
     from instruct_identity.training import objective
     from instruct_identity.training.model import FluxForward
 
@@ -107,7 +107,7 @@ def heldout_loss(patcher, codec, text_encoder, pairs: list[data.PairSpec], size:
     dm = base.diffusion_model
     was = dm.training
     dm.eval()
-    forward = FluxForward(dm, gradient_checkpointing=False, guidance=1.0)
+    forward = FluxForward(dm, gradient_checkpointing=False, guidance=1.0, reference_attention=oneway.mode_of(patcher))
     refs = torch.cat([data.to_image(sprites.render(p.char, p.ref_pose, size)[0]) for p in pairs])
     tgts = torch.cat([data.to_image(sprites.render(p.char, p.tgt_pose, size)[0]) for p in pairs])
     ref = base.process_latent_in(codec.encode(refs))

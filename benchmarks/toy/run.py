@@ -48,6 +48,8 @@ CONFIGS = [
      "label": "preset B, full loss, clean reference in, reference-half target 0 (consistent with the sampler)"},
     {"name": "A-masked", "preset": "A", "loss": "masked", "label": "preset A (attention only), masked loss"},
     {"name": "C-masked", "preset": "C", "loss": "masked", "label": "preset C (attention + FFN + modulation), masked loss"},
+    {"name": "B-one_way", "preset": "B", "loss": "masked", "extra": {"reference_attention": "one_way"},
+     "label": "preset B, masked loss, one-way reference attention (issue 12: reference K/V computed once)"},
 ]
 ZERO_SHOT = [
     {"name": "zero-shot", "caption": "sheet",
@@ -55,7 +57,8 @@ ZERO_SHOT = [
     {"name": "zero-shot-plain", "caption": "plain", "label": "no LoRA: the base with the LoRA's prompt (target pose only)"},
 ]
 COMPARISONS = [("B-masked", "B-full"), ("B-masked", "B-full_noised"), ("B-masked", "B-full_consistent"),
-               ("B-masked", "A-masked"), ("B-masked", "C-masked"), ("C-masked", "A-masked")]
+               ("B-masked", "A-masked"), ("B-masked", "C-masked"), ("C-masked", "A-masked"),
+               ("B-masked", "B-one_way")]
 METRICS = ("part_color_acc", "charis_color", "sil_iou", "copy_paste", "part_color_err")
 TARGETS = {"base_part_color_acc": 0.90, "base_sil_iou": 0.90, "lora_part_color_acc": 0.80, "lora_sil_iou": 0.85}
 DEMO_REFERENCES = 6
@@ -69,7 +72,7 @@ HISTORY = [
      "part_color_acc": 0.146, "sil_iou": 0.701, "cfg1_part_color_acc": 0.065},
     {"base": "the same run at step 500", "steps": 500, "cfg": 4.0, "samples": 32, "part_color_acc": 0.096,
      "sil_iou": 0.452},
-    {"base": "this design's first stage alone (1400 steps; word encoder [word | head noun], no position vectors, "
+    {"base": "this design's first stage alone (1400 steps; word encoder [word / head noun], no position vectors, "
              "36 tokens; 35 % sheet steps), EMA weights at step 700", "steps": 700, "cfg": 4.0, "samples": 32,
      "part_color_acc": 0.117, "sil_iou": 0.686},
     {"base": "this design's first stage alone, end (step 1400)", "steps": 1400, "cfg": 4.0, "samples": 32,
