@@ -77,16 +77,14 @@ def write_pairs(out_dir: str | Path, n: int = PAIRS, size: int = 32, seed: int =
     return manifest
 
 
-def prepare_for_training(cfg, acc=None) -> Path | None:
-    """Make the demo pairs when the trainer's dataset is a missing ``*.jsonl`` and its model is a
-    miniature base (the pictures take the base's sprite size). Returns the manifest it wrote, or None."""
-    dataset = Path(str(cfg.dataset_config or ""))
-    if dataset.suffix != ".jsonl" or dataset.exists() or not cfg.pretrained_model_name_or_path:
+def prepare_for_training(dataset_config, model_file, acc=None) -> Path | None:
+    """Make the demo pairs when the trainer's dataset (``dataset_config``) is a missing ``*.jsonl`` and
+    its model (``model_file``, a resolved path) is a miniature base (the pictures take the base's sprite
+    size). Returns the manifest it wrote, or None."""
+    dataset = Path(str(dataset_config or ""))
+    if dataset.suffix != ".jsonl" or dataset.exists() or not model_file:
         return None
-    from ..training.model import resolve_model_file
-
-    spec = spec_of(resolve_model_file(cfg.pretrained_model_name_or_path, "diffusion_models",
-                                      "pretrained_model_name_or_path"))
+    spec = spec_of(model_file)
     if spec is None:
         return None
     size = int(spec.image_size)

@@ -71,7 +71,13 @@ def check_dataset(cfg: TrainConfig, acc, paths=None):
     """Read and check the dataset; ``paths`` (a ``training.paths.PathPolicy``) confines what it may name."""
     from ..miniature.demo_data import prepare_for_training
 
-    prepare_for_training(cfg, acc)  # a miniature base's missing *.jsonl dataset: generated sprite pairs
+    wanted = Path(str(cfg.dataset_config or ""))
+    if wanted.suffix == ".jsonl" and not wanted.exists() and cfg.pretrained_model_name_or_path:
+        # a miniature base's missing *.jsonl dataset: generated sprite pairs (written where writes may go)
+        if paths is not None:
+            paths.check_write(wanted, "dataset_config")
+        prepare_for_training(wanted, resolve_model_file(cfg.pretrained_model_name_or_path, "diffusion_models",
+                                                        "pretrained_model_name_or_path"), acc)
     if paths is not None:
         paths.check_dataset_config(Path(cfg.dataset_config))
     specs, pairs, problems = read_dataset(cfg.dataset_config, defaults_from(cfg), cfg.mode)

@@ -89,3 +89,20 @@ def test_trainer_trains_on_a_miniature_base_with_a_generated_dataset(comfy, tmp_
         patched, _ = comfy.sd.load_lora_for_models(loaded.model, None, lora, 1.0, 0.0)
     assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()], caplog.text
     assert any(k.startswith("diffusion_model.single_blocks.0.linear1") for k in patched.patches)
+
+
+def test_generated_demo_pairs_respect_the_servers_write_folders(comfy, tmp_path):
+    """Under the Train LoRA node, a missing demo dataset is generated only where the server may write."""
+    from types import SimpleNamespace
+
+    from instruct_identity.training.paths import PathPolicy
+    from instruct_identity.training.steps import check_dataset
+
+    base = write_base(tmp_path / "models" / "base.safetensors")
+    outside = tmp_path / "input" / "pairs.jsonl"                      # readable, not writable
+    cfg = SimpleNamespace(dataset_config=str(outside), pretrained_model_name_or_path=str(base))
+    policy = PathPolicy(read=(tmp_path / "input",), write=(tmp_path / "output",))
+    with pytest.raises(InputError) as e:
+        check_dataset(cfg, None, policy)
+    assert e.value.input_name == "dataset_config"
+    assert not outside.exists() and not (tmp_path / "input" / "images").exists()   # nothing was written
