@@ -8,9 +8,9 @@
   reference patch alike; the codec writes ``z = x / 0.3611 + 0.1159`` so that the model itself works on
   ``x`` in [-1, 1] (unit-scale signal against unit noise), with no change to ComfyUI or the trainer.
 * :class:`WordEncoder` has the trainer's ``TextEncoder`` interface, a fixed (untrained) stand-in for
-  a contextual encoder such as T5: token ``i`` = ``[its word's fixed random vector | its phrase's head
-  noun's vector]`` (so "red" in "a red head" also carries "head", as a contextual encoder's output
-  would). Pooled = the mean of the tokens.
+  a contextual encoder such as T5: token ``i`` = its word's fixed random vector + the mean of its
+  phrase's (so "red" in "a red head" also carries "head" and vice versa, as a contextual encoder's
+  output would) + a position vector. Pooled = the mean of the word vectors.
 * :func:`unet_config` / :func:`build_model`: ComfyUI's own FLUX module via ``engine.synthetic.random_flux``.
 """
 
@@ -73,42 +73,68 @@ class WordEncoder:
     """Caption -> (``[tokens, dim]`` token vectors, ``[dim]`` pooled), deterministic, untrained.
 
     A stand-in for a contextual encoder such as T5, whose output for "red" in "a red head" carries
-    "head": token ``i`` is ``[word vector | context vector]`` (``dim / 2`` each), the word's fixed random
-    vector next to that of its phrase's head noun (the last word of the text between commas / full
-    stops). Keeping the two halves apart lets one attention head bind an attribute to its part: a
-    query for "head" matches the context half, the value carries the word half. Pooled = the mean of
-    the tokens (a bag of words, as CLIP's pooled vector is for such captions)."""
+    "head" and whose outputs carry their position. Two kinds (``kind``), each word a fixed random vector:
 
-    def __init__(self, dim: int = 64, tokens: int = 36, seed: int = 0):
+    * ``words-phrase`` (the default): token ``i`` = its word's vector + the mean of its phrase's word
+      vectors (the text between commas / full stops: "a red head" gives every one of its three tokens
+      both "red" and "head") + a fixed random vector for position ``i`` (scale 0.5);
+    * ``words-noun`` (earlier miniature bases): ``[word vector | phrase's head-noun vector]``, half the
+      dimensions each, no position.
+
+    Pooled = the mean of the caption's word vectors (a bag of words, as CLIP's pooled vector is for
+    such captions)."""
+
+    KINDS = ("words-phrase", "words-noun")
+
+    def __init__(self, dim: int = 64, tokens: int = 40, seed: int = 0, kind: str = "words-phrase"):
         if dim % 2:
             raise ValueError("dim must be even")
-        self.dim, self.tokens, self.seed = dim, tokens, seed
-        self.identity = f"toy-words-noun:{dim}:{tokens}:{seed}"
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown word-encoder kind {kind!r}; known: {', '.join(self.KINDS)}")
+        self.dim, self.tokens, self.seed, self.kind = dim, tokens, seed, kind
+        short = {"words-phrase": "toy-words-phrase", "words-noun": "toy-words-noun"}[kind]
+        self.identity = f"{short}:{dim}:{tokens}:{seed}"
         self._vectors: dict[str, torch.Tensor] = {}
+        g = torch.Generator().manual_seed(seed + 7919)
+        self.positions = torch.randn(tokens, dim, generator=g) * 0.5
 
-    def _vec(self, kind: str, w: str) -> torch.Tensor:
+    def _vec(self, kind: str, w: str, dim: int) -> torch.Tensor:
         key = f"{kind}:{w}"
         v = self._vectors.get(key)
         if v is None:
             h = int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:8], "little")
-            v = self._vectors[key] = torch.randn(self.dim // 2, generator=torch.Generator().manual_seed(h))
+            v = self._vectors[key] = torch.randn(dim, generator=torch.Generator().manual_seed(h))
         return v
 
     @property
     def spec(self) -> dict:
-        return {"kind": "words-noun", "dim": self.dim, "tokens": self.tokens, "seed": self.seed}
+        return {"kind": self.kind, "dim": self.dim, "tokens": self.tokens, "seed": self.seed}
+
+    def _tokens(self, text: str) -> list[torch.Tensor]:
+        out = []
+        for phrase in re.split(r"[,.;]", text):
+            ws = words(phrase)
+            if not ws:
+                continue
+            if self.kind == "words-noun":
+                context = self._vec("c", ws[-1], self.dim // 2)
+                out += [torch.cat([self._vec("w", w, self.dim // 2), context]) for w in ws]
+            else:
+                vs = [self._vec("p", w, self.dim) for w in ws]
+                context = torch.stack(vs).mean(0)
+                out += [v + context for v in vs]
+        return out
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         cond = torch.zeros(self.tokens, self.dim)
-        vectors = []
-        for phrase in re.split(r"[,.;]", text):
-            ws = words(phrase)
-            if ws:
-                context = self._vec("c", ws[-1])
-                vectors += [torch.cat([self._vec("w", w), context]) for w in ws]
+        vectors = self._tokens(text)
         for i, v in enumerate(vectors[: self.tokens]):
-            cond[i] = v
-        pooled = torch.stack(vectors).mean(0) if vectors else torch.zeros(self.dim)
+            cond[i] = v if self.kind == "words-noun" else v + self.positions[i]
+        if self.kind == "words-noun":
+            pooled = torch.stack(vectors).mean(0) if vectors else torch.zeros(self.dim)
+        else:
+            ws = words(text)
+            pooled = torch.stack([self._vec("p", w, self.dim) for w in ws]).mean(0) if ws else torch.zeros(self.dim)
         return cond, pooled
 
 

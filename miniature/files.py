@@ -5,7 +5,7 @@ Weights are stored in fp16 (the model computes in fp32). The safetensors metadat
 * ``format``: ``"instruct-identity-miniature-base/1"``;
 * ``unet_config``: JSON of the ComfyUI FLUX config (``components.unet_config``);
 * ``codec``: JSON of the pixel codec's spec (``{"kind": "pixel-s2d", "downscale": 2, "channels": 16}``);
-* ``text_encoder``: JSON of the word encoder's spec (``{"kind": "words-noun", "dim", "tokens", "seed"}``);
+* ``text_encoder``: JSON of the word encoder's spec (``{"kind": "words-phrase" | "words-noun", "dim", "tokens", "seed"}``);
 * ``image_size``: the sprite size in pixels the model was trained on (e.g. ``"32"``);
 * ``provenance``: JSON (command, config, metrics, anything the writer adds).
 """
@@ -65,9 +65,10 @@ def make_codec(spec: dict) -> components.PixelCodec:
 
 
 def make_text_encoder(spec: dict) -> components.WordEncoder:
-    if spec.get("kind") != "words-noun":
-        raise ValueError(f"unknown text encoder {spec!r}")
-    return components.WordEncoder(dim=int(spec["dim"]), tokens=int(spec["tokens"]), seed=int(spec["seed"]))
+    if spec.get("kind") not in components.WordEncoder.KINDS:
+        raise ValueError(f"unknown text encoder {spec!r}; known kinds: {', '.join(components.WordEncoder.KINDS)}")
+    return components.WordEncoder(dim=int(spec["dim"]), tokens=int(spec["tokens"]), seed=int(spec["seed"]),
+                                  kind=spec["kind"])
 
 
 def save_base(path: str | Path, state_dict: dict, spec: BaseSpec, provenance: dict | None = None) -> Path:

@@ -88,14 +88,14 @@ def run_job(job: dict, worker: bool = False) -> dict:
         log.info("%s (seed %s): cached", job["name"], hit.get("seed"))
         return hit
     from instruct_identity.core.files import atomic_write_text
-    from instruct_identity.miniature import components, load_state
+    from instruct_identity.miniature import files, load_state
 
     from . import data, evaluate, lora_runs
 
     name, folder = job["name"], job_dir(job)
     base_state, spec, _ = load_state(job["base_file"])
     unet = spec.unet_config
-    codec, te = components.PixelCodec(), components.WordEncoder(**{k: spec.text_encoder[k] for k in ("dim", "tokens", "seed")})
+    codec, te = files.make_codec(spec.codec), files.make_text_encoder(spec.text_encoder)
     heldout = heldout_pairs(job)
     out: dict = {"name": name, "key": job_key(job), "kind": job["kind"], "label": job.get("label", name)}
     if job["kind"] == "zero_shot":

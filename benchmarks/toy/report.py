@@ -18,6 +18,67 @@ SPLIT_LABELS = {"distinct": "distinct (target pose clearly different from the re
                 "near": "near (target differs in one of place / size / pose: copying is tempting)"}
 
 
+
+def pretrain_stages(stages: list[dict]) -> str:
+    """One clause per pre-training stage, from its own recorded config."""
+    out = []
+    for i, st in enumerate(stages):
+        c = st["pretrain"]
+        share = int(round(100 * c.get("sheet_ratio", 0)))
+        mix = (f"{100 - share} % of the steps batches of {c['batch']} single renders, {share} % batches of "
+               f"{c['sheet_batch']} two-view sheets" if share else f"batches of {c['batch']} single renders only")
+        out.append(f"stage {i + 1}: {c['steps']} steps at peak lr {c['lr']:g}, {mix}"
+                   + (" (continuing from stage 1's EMA weights with a fresh warm-up and cosine decay)" if i else ""))
+    return "; ".join(out)
+
+
+def probe_table(probes: list[dict]) -> list[str]:
+    """Does each pre-training stage read the colour words? (``evaluate.caption_probe``)"""
+    if not probes:
+        return []
+    sig = list(probes[0]["full"])
+    out = ["**Does the base read the colour words?** The ground truth noised to level s, the model's one-step "
+           "denoised estimate, part colour accuracy with the full caption vs the pose-only caption "
+           f"({probes[0]['items']} held-out items, the same noise for both; `evaluate.caption_probe`). At high noise "
+           "the picture says little about colours, so the gap is what the model takes from the words.", "",
+           "| weights | caption | " + " | ".join(f"s = {k}" for k in sig) + " |", "|---|---|" + "---|" * len(sig)]
+    total = 0
+    for i, pr in enumerate(probes):
+        total += pr["steps"]
+        for kind in ("full", "pose"):
+            out.append(f"| stage {i + 1} end (step {total}) | {kind} | "
+                       + " | ".join(f"{pr[kind][k]:.2f}" for k in sig) + " |")
+    return out + [""]
+
+
+def base_lessons(b: dict) -> list[str]:
+    """What the history and the caption probe say about the base (statements hold for any outcome)."""
+    probes = b.get("caption_probe") or []
+    last = probes[-1] if probes else None
+    reads = last is not None and last["full"]["0.95"] - last["pose"]["0.95"] >= 0.3
+    met = b["part_color_acc"] >= TARGET_BASE_COLOUR
+    out = ["**Colour words.** The bases before this design learned poses, sizes and places but ignored the colour "
+           "words: the last of them (word encoder [word / head noun], sheets from the first step) denoises as well "
+           "with a pose-only caption as with the full one (caption probe 0.09 / 0.09 at s = 0.95, table above), so "
+           "its samples are muddy averages of the palette. A part's colour has to be bound to the part through "
+           "attention to the right text token; pose is global and also reaches every block through the pooled "
+           "vector. "
+           + ("This base reads them (probe at s = 0.95: full "
+              f"{last['full']['0.95']:.2f} vs pose only {last['pose']['0.95']:.2f}). " if reads else
+              "This base does not read them either (probe at s = 0.95: full "
+              f"{last['full']['0.95']:.2f} vs pose only {last['pose']['0.95']:.2f}). " if last else "")
+           + "Two things changed at once, so their shares are not separated: every token now carries its whole "
+           "phrase (\"red\" and \"head\" in each of \"a red head\"'s tokens) and a position vector, and the first "
+           "pre-training stage has single renders only, the two-view sheets coming in the second stage. "
+           f"The base {'meets' if met else 'misses'} the colour target ({b['part_color_acc']:.2f} vs "
+           f"{TARGET_BASE_COLOUR:.2f}).", ""]
+    return out
+
+ENCODERS = {  # how each WordEncoder kind builds a token (miniature/components.py)
+    "words-phrase": "its word's fixed random vector + the mean of its phrase's word vectors + a fixed position vector",
+    "words-noun": "[its word's fixed random vector | its phrase's head noun's vector]",
+}
+
 def fmt(v, se=None, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -158,6 +219,14 @@ def findings(results: dict) -> list[str]:
                    + " > ".join(f"{n[0]} {s[n]['distinct']['part_color_acc']['mean']:.3f}" for n in order)
                    + f"; B vs A {verdict(results, 'B-masked', 'A-masked', 'distinct', 'part_color_acc')}, "
                    f"B vs C {verdict(results, 'B-masked', 'C-masked', 'distinct', 'part_color_acc')}.")
+    extra = [c["name"] for c in results["profile"].get("extra_runs", []) if c["name"] in s]
+    if extra and "B-masked" in s:
+        out.append("**Exploratory runs** (one seed each, not part of the ablation), distinct split, part colour accuracy / "
+                   "silhouette IoU: B-masked at " + f"{results['profile']['lora']['steps']} steps "
+                   f"{s['B-masked']['distinct']['part_color_acc']['mean']:.3f} / {s['B-masked']['distinct']['sil_iou']['mean']:.3f} "
+                   "(mean of its seeds); " + "; ".join(
+                       f"{n} {s[n]['distinct']['part_color_acc']['mean']:.3f} / {s[n]['distinct']['sil_iou']['mean']:.3f}"
+                       for n in extra) + ".")
     cps = {n: sp["near"]["copy_paste"]["mean"] for n, sp in s.items() if "near" in sp}
     if cps:
         out.append("**Copy-paste on the near split** (outputs whose silhouette matches the reference's better than "
@@ -201,17 +270,13 @@ def render(results: dict, images_rel: str) -> str:
         f"* **Base** (`miniature`): ComfyUI's own FLUX module, hidden {u['hidden_size']}, {u['num_heads']} heads, "
         f"{u['depth']} double + {u['depth_single_blocks']} single blocks, patch 2, no guidance embedding. Latent = "
         "pixels (`PixelCodec`, lossless 2x2 space-to-depth). Text encoder `WordEncoder` (untrained: each token = "
-        f"[its word's fixed random vector | its phrase's head noun's vector], {te['tokens']} tokens of {te['dim']}). Pre-trained from scratch, all parameters, "
-        + (" + ".join(f"{st['pretrain']['steps']} steps at peak lr {st['pretrain']['lr']:g}" for st in b["pretrain"]["stages"])
-           + " (a second stage continuing from the first's EMA weights with a fresh warm-up and cosine decay)"
-           if b["pretrain"].get("stages") else f"{pre.get('steps')} steps, AdamW lr {pre.get('lr')} with warm-up and "
-           "cosine decay")
-        + f", plain flow matching ({pre.get('timestep_sampling')} timesteps), AdamW, EMA {pre.get('ema')}: "
-        f"{int(round(100 * (1 - pre.get('sheet_ratio', 0))))} % of the steps batches of {pre.get('batch')} single "
-        f"renders (captions with the character and the pose, 30 % pose only, 10 % empty), {int(round(100 * pre.get('sheet_ratio', 0)))} % "
-        f"batches of {pre.get('sheet_batch')} **two-view character sheets** (one character in two poses side by side, "
-        "captioned \"two views. <description>. first view: <pose>. second view: <pose>\", "
-        "description left out half of the time, each pose a quarter of the time): the toy's counterpart of the "
+        f"{ENCODERS.get(te.get('kind'), te.get('kind'))}, {te['tokens']} tokens of {te['dim']}). Pre-trained from scratch, all parameters, "
+        + pretrain_stages(b["pretrain"].get("stages") or [b["pretrain"]])
+        + f", plain flow matching ({pre.get('timestep_sampling')} timesteps), AdamW, EMA {pre.get('ema')}. Single renders "
+        "are captioned with the character and the pose (30 % pose only, 10 % empty); **two-view character sheets** "
+        "show one character in two poses side by side, captioned \"two views. <description>. first view: <pose>. "
+        "second view: <pose>\" (description left out half of the time, each pose a quarter of the time): the toy's "
+        "counterpart of the "
         "multi-view web pictures that give FLUX its in-context ability. Pre-training: "
         f"{b['pretrain'].get('wall_s', 0) / 60:.1f} min wall{' (cached in this run)' if b['pretrain'].get('cached') else ''}; "
         f"loss (single renders) {b['pretrain'].get('loss_first50', math.nan):.3f} (first 50) -> "
@@ -258,6 +323,7 @@ def render(results: dict, images_rel: str) -> str:
         "",
         f"Two-view sheets drawn from text (held-out characters): ![sheets]({images_rel}/base_sheets.png)",
         "",
+        *probe_table(b.get("caption_probe") or []),
         "## Results",
         "",
     ]
@@ -271,28 +337,14 @@ def render(results: dict, images_rel: str) -> str:
     if results.get("history"):
         lines += ["## What was tried for the base", "",
                   "Earlier bases, measured with the same text-to-image check (fewer samples), before the design above:",
-                  "", "| base | CFG | samples | part colour acc | silhouette IoU |", "|---|---|---|---|---|"]
+                  "", "| base | CFG | samples | part colour acc | silhouette IoU | caption probe, s = 0.95 (full / pose) |",
+                  "|---|---|---|---|---|---|"]
         for h in results["history"]:
-            lines.append(f"| {h['base'].replace('|', '/')} | {h['cfg']:g} | {h['samples']} | {fmt(h['part_color_acc'])} | {fmt(h['sil_iou'])} |")
+            probe = " / ".join(f"{v:.2f}" for v in h["probe_095"]) if h.get("probe_095") else ""
+            lines.append(f"| {h['base'].replace('|', '/')} | {h['cfg']:g} | {h['samples']} | {fmt(h['part_color_acc'])} "
+                         f"| {fmt(h['sil_iou'])} | {probe} |")
         lines.append("")
-        if b["part_color_acc"] < TARGET_BASE_COLOUR:
-            lines += [
-                "**What limits the base.** Every base of this issue learned poses, sizes and places (silhouette IoU "
-                f"{b['sil_iou']:.2f}) but not colours: its part colour accuracy ({b['part_color_acc']:.2f}) is near "
-                "chance (about 1/11), on training characters as well as held-out ones (table above), and the samples "
-                "are muddy averages of the palette. So the model hardly uses the colour words at all; it is not (only) a "
-                "failure to generalise to unseen colour pairs. Pose is a global property that the pooled text vector "
-                "(a bag of words, added to every block's modulation) carries; a part's colour has to be bound to the "
-                "part through attention to the right text token, which these runs did not learn. The issue-7 base did "
-                "learn colours partly (0.55): its token vectors carried a fixed position vector, and its captions a "
-                "fixed template, so \"the second token is the head's colour\" was an easy rule. This issue's first "
-                "base kept that encoder and was stopped at step 1000 (half of its steps sheets, near chance then, "
-                "which may only mean it was early); the final one replaced the position vectors with a [word | head "
-                "noun] context, which did not make the binding learnable in "
-                f"{b['pretrain'].get('steps', 0) if not b['pretrain'].get('stages') else sum(st['pretrain']['steps'] for st in b['pretrain']['stages'])} "
-                "steps either. Not tried for lack of time: slot tokens at fixed positions (one per body part), "
-                "restoring the position vectors with the sheet prefix at the end of the caption, a longer pre-training "
-                "(the runs were sized to this shared 2-core machine's afternoon), a larger model.", ""]
+        lines += base_lessons(b)
     lines += ["## Deviations from the paper", "",
               "* Scale: a 32 px procedural world and a ~4M-parameter FLUX-architecture model pre-trained here for "
               "minutes (not FLUX.1-dev); small LoRAs for hundreds of steps (paper: r = 512, 10,000 steps, lr 1e-4, "
@@ -312,6 +364,8 @@ def render(results: dict, images_rel: str) -> str:
               "{\"reference_attention\": \"one_way\"}}` (`extra` is merged into the trainer config), then run "
               "`--runs B-masked-one_way`: only its seeds train, the rest comes from the cache. `--report-only` "
               "regenerates this page from the JSON.",
+              "* Does a base read its colour words? `.venv/bin/python -m benchmarks.toy.probe <base file>` (the caption "
+              "probe above, on any miniature base, e.g. `demo/models/ii_demo_base.safetensors`).",
               "", "## Per run", "", *per_seed_table(results), "", "## Pictures", "",
               "Each triplet: reference | ground truth | output (held-out characters; first seed of each configuration; "
               "first half of each grid from the distinct split, second half from the near split).", ""]
@@ -322,7 +376,16 @@ def render(results: dict, images_rel: str) -> str:
     if results.get("demo"):
         d = results["demo"]
         lines += ["## Demo files", "",
-                  f"`{d['base']}` (this base) and `{d.get('lora')}` (the B-masked LoRA of seed {d.get('lora_seed')}, "
-                  f"the best of its seeds on the distinct split), {d['bytes'] / 2**20:.1f} MB together with the "
+                  f"`{d['base']}` (this base) and `{d.get('lora')}` (the {d.get('lora_run', 'B-masked')} LoRA of seed {d.get('lora_seed')}, "
+                  f"the best B-masked LoRA on the distinct split), {d['bytes'] / 2**20:.1f} MB together with the "
                   "reference sprites in `demo/references/` (held-out characters); provenance in their metadata.", ""]
+        lora_run = next((r for r in results["runs"] if r["name"] == d.get("lora_run", "B-masked") and r["split"] == "distinct"
+                         and r["seed"] == d.get("lora_seed")), None)
+        if lora_run:
+            m = lora_run["metrics"]
+            lines += [f"What the shipped pair does (held-out characters): the base alone, text to image with full "
+                      f"captions, part colour accuracy {b['part_color_acc']:.2f}, silhouette IoU {b['sil_iou']:.2f}; "
+                      f"the LoRA with a reference (distinct split, pose-only prompts) part colour accuracy "
+                      f"{m['part_color_acc']:.2f}, CHARIS colour {m['charis_color']:.2f}, silhouette IoU "
+                      f"{m['sil_iou']:.2f}.", ""]
     return "\n".join(lines) + "\n"

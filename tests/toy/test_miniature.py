@@ -37,6 +37,7 @@ def test_pixel_codec_is_lossless_and_the_model_sees_pixels_in_minus_one_one(mini
 
 def test_word_encoder_binds_words_to_parts(mini):
     te = mini.WordEncoder()
+    assert te.kind == "words-phrase"
     a, pa = te.encode("a red head, a blue torso")
     b, pb = te.encode("a blue head, a red torso")
     assert a.shape == (te.tokens, te.dim)
@@ -44,10 +45,26 @@ def test_word_encoder_binds_words_to_parts(mini):
     assert torch.allclose(pa, pb)              # pooled = bag of words
     assert torch.equal(te.encode("the character lying")[0], mini.WordEncoder().encode("the character lying")[0])
     assert not torch.equal(te.encode("x")[0], mini.WordEncoder(seed=1).encode("x")[0])
-    # "red" of the head and "red" of the torso: the same word half, different context halves
+    # every token of "a red head" carries both words; position vectors tell equal phrases apart
+    c, _ = te.encode("a red head, a red head")
+    head_only, _ = te.encode("a head")
+    assert not torch.equal(c[0], c[3]) and torch.allclose(c[0] - te.positions[0], c[3] - te.positions[3])
+    red = te._vec("p", "red", te.dim)
+    assert torch.cosine_similarity(c[2] - te.positions[2], red, dim=0) > 0.2  # "head" token carries "red"
+    assert torch.cosine_similarity(head_only[1] - te.positions[1], red, dim=0).abs() < 0.4
+    assert torch.equal(c[6:], torch.zeros_like(c[6:])) and c[5].abs().sum() > 0 and torch.equal(te.encode("")[0], torch.zeros(te.tokens, te.dim))
+
+
+def test_word_encoder_noun_kind_still_reads_earlier_bases(mini):
+    te = mini.WordEncoder(tokens=36, kind="words-noun")
     c, _ = te.encode("a red head, a red torso")
     assert torch.equal(c[1, :32], c[4, :32]) and not torch.equal(c[1, 32:], c[4, 32:])
     assert torch.equal(c[1, 32:], c[2, 32:])  # "red" and "head" share the phrase's context
+    from instruct_identity.miniature.files import make_text_encoder
+
+    assert make_text_encoder(te.spec).identity == te.identity == "toy-words-noun:64:36:0"
+    with pytest.raises(ValueError, match="known kinds"):
+        make_text_encoder({"kind": "t5", "dim": 64, "tokens": 8, "seed": 0})
 
 
 def test_base_file_round_trip_rebuilds_the_same_model(mini, tmp_path):
@@ -62,14 +79,14 @@ def test_base_file_round_trip_rebuilds_the_same_model(mini, tmp_path):
                           {"command": "test", "metrics": {"part_color_acc": 0.5}})
     meta = mini.read_metadata(path)
     assert meta["format"] == mini.FORMAT and json.loads(meta["unet_config"]) == cfg
-    assert json.loads(meta["text_encoder"]) == {"kind": "words-noun", "dim": 64, "tokens": 36, "seed": 0}
+    assert json.loads(meta["text_encoder"]) == {"kind": "words-phrase", "dim": 64, "tokens": 40, "seed": 0}
     assert json.loads(meta["codec"])["downscale"] == 2 and meta["image_size"] == "32"
     from safetensors.torch import load_file
 
     assert all(v.dtype == torch.float16 for v in load_file(str(path)).values())
     base = mini.load_base(path)
     assert base.provenance == {"command": "test", "metrics": {"part_color_acc": 0.5}}
-    assert base.spec == spec and base.text_encoder.tokens == 36 and base.codec.downscale == 2
+    assert base.spec == spec and base.text_encoder.tokens == 40 and base.codec.downscale == 2
     x = torch.randn(1, 16, 8, 8)
     cond, pooled = base.text_encoder.encode("the character lying, small, on the left")
     args = (x, torch.tensor([0.5]), cond[None], pooled[None])

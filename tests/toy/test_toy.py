@@ -53,7 +53,8 @@ def test_pretraining_sheets_show_one_character_twice_and_say_so(toy, comfy):
     train, _ = sprites.split_characters(100_000, 200, seed=0)
     stream = data.PretrainStream(train, 32, PixelCodec(), WordEncoder(), seed=1)
     latent, cond, pooled = stream.sheet_batch(4)
-    assert latent.shape == (4, 16, 16, 32) and cond.shape == (4, 36, 64) and pooled.shape == (4, 64)
+    te = WordEncoder()
+    assert latent.shape == (4, 16, 16, 32) and cond.shape == (4, te.tokens, te.dim) and pooled.shape == (4, te.dim)
     pixels = PixelCodec().decode(latent).numpy()
     for img in pixels:
         left, right = img[:, :32], img[:, 32:]
@@ -64,7 +65,8 @@ def test_pretraining_sheets_show_one_character_twice_and_say_so(toy, comfy):
     assert cap.startswith("two views.") and c.describe() in cap and "first view" in cap
     assert "second view" not in cap
     longest = sprites.Character("red", "blue", "green", "striped", "yellow")  # and "arms up": 34 words
-    assert len(sprites.sheet_caption(longest, [sprites.ALL_POSES[1], sprites.ALL_POSES[4]]).replace(",", " ").replace(".", " ").split()) <= 36
+    caption = sprites.sheet_caption(longest, [sprites.ALL_POSES[1], sprites.ALL_POSES[4]])
+    assert len(caption.replace(",", " ").replace(".", " ").split()) <= te.tokens  # no word is cut off
 
 
 def test_metrics_on_oracles(toy):
@@ -130,6 +132,12 @@ def test_quick_profile_end_to_end_cache_runs_selection_and_report(tmp_path, comf
     results = json.loads((work / "results.json").read_text())
     assert {"base", "zero_shot", "runs"} <= set(results)
     assert 0 <= results["base"]["part_color_acc"] <= 1 and 0 <= results["base"]["sil_iou"] <= 1
+    probes = results["base"]["caption_probe"]  # one per pre-training stage, each on its own weights
+    assert len(probes) == 1 + len(profiles.PROFILES["quick"].pretrain_more) and len({p["key"] for p in probes}) == len(probes)
+    for p in probes:
+        assert set(p["full"]) == set(p["pose"]) == {f"{s:g}" for s in (0.95, 0.8, 0.6)}
+        assert all(0 <= v <= 1 for v in [*p["full"].values(), *p["pose"].values()])
+    assert "Does the base read the colour words?" in (work / "report.md").read_text()
     assert set(results["zero_shot"]) == {"zero-shot", "zero-shot-plain"}
     names = {c["name"] for c in run.CONFIGS}
     assert {(r["name"], r["split"]) for r in results["runs"]} == {(n, s) for n in names for s in ("distinct", "near")}
@@ -162,7 +170,8 @@ def test_quick_profile_end_to_end_cache_runs_selection_and_report(tmp_path, comf
     assert again["cached_jobs"] == again["jobs"]
     assert again["runs"] == results["runs"]
     # a new configuration with extra trainer options: only it runs
-    extra = {"name": "B-masked-r2", "preset": "B", "loss": "masked", "label": "rank 2", "extra": {"network_dim": 2}}
+    extra = {"name": "B-masked-r2", "preset": "B", "loss": "masked", "label": "rank 2", "extra": {"network_dim": 2},
+             "seeds": 2}  # its own seed count (the profile's is 1)
     prof = profiles.PROFILES["quick"]
     try:
         profiles.PROFILES["quick"] = type(prof)(**{**prof.__dict__, "extra_runs": [extra]})
@@ -170,7 +179,8 @@ def test_quick_profile_end_to_end_cache_runs_selection_and_report(tmp_path, comf
     finally:
         profiles.PROFILES["quick"] = prof
     added = json.loads((work / "results.json").read_text())
-    assert added["jobs"] - added["cached_jobs"] == 1
+    assert added["jobs"] - added["cached_jobs"] == 2
+    assert sorted(r["seed"] for r in added["runs"] if r["name"] == "B-masked-r2" and r["split"] == "distinct") == [0, 1]
     assert any(r["name"] == "B-masked-r2" and r["extra"] == {"network_dim": 2} for r in added["runs"])
     with pytest.raises(SystemExit):
         run.main(args + ["--runs", "no-such-run"])
