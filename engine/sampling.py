@@ -83,6 +83,24 @@ def sample_identity(model, reference_latent: torch.Tensor, positive, negative, *
 
 
 @torch.no_grad()
+def sample_diptych_inpaint(model, reference_latent: torch.Tensor, positive, negative, *, seed: int, steps: int,
+                           cfg: float = 1.0, sampler: str = "euler", scheduler: str = "simple",
+                           batch: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The baseline without this pack's patch: the same ``[empty target | reference]`` grid and target-half
+    noise mask, sampled by ComfyUI's own masked sampling (what *Set Latent Noise Mask* + *KSampler* does:
+    before every model call the reference half is replaced by the reference noised to that step's level),
+    i.e. the diptych route of a plain model. The model never sees a clean reference next to a noisy
+    target, which is what a base pre-trained on multi-view pictures knows; the patch's clean reference
+    is what an identity LoRA learns to read. Returns the H x 2W grid (VAE space)."""
+    ref = reference_latent.detach()
+    batch = ref.shape[0] if batch is None else int(batch)
+    lay = layout.Layout(ref.shape[-2], ref.shape[-1])
+    start = layout.concat(torch.zeros((batch,) + tuple(ref.shape[1:]), dtype=ref.dtype, device=ref.device), ref)
+    return _sample(model, start, positive, negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                   scheduler=scheduler, noise_mask=layout.target_mask(lay), noise=noise)
+
+
+@torch.no_grad()
 def sample_text_to_image(model, latent_shape: tuple[int, ...], positive, negative, *, seed: int, steps: int,
                          cfg: float = 1.0, sampler: str = "euler", scheduler: str = "simple",
                          noise: torch.Tensor | None = None) -> torch.Tensor:

@@ -67,12 +67,18 @@ def conditioning(text_encoder, captions: list[str]):
 
 @torch.no_grad()
 def sample_identity(model, codec, text_encoder, items: list[EvalItem], *, steps: int, seed: int, captions=None,
-                    sampler: str = "euler", scheduler: str = "simple", cfg: float = 1.0, batch: int = 32) -> np.ndarray:
+                    sampler: str = "euler", scheduler: str = "simple", cfg: float = 1.0, batch: int = 32,
+                    route: str = "patch") -> np.ndarray:
     """Outputs (target halves) for ``items`` as float RGB ``[N, S, S, 3]`` in 0..1, through
-    ``engine.sampling.sample_identity`` (the clean reference in the right half of every model call).
-    ``captions``: the prompts (default: each item's target-pose caption)."""
+    ``engine.sampling.sample_identity`` (``route="patch"``: the clean reference in the right half of every
+    model call) or ``engine.sampling.sample_diptych_inpaint`` (``"inpaint"``: no patch, ComfyUI's masked
+    sampling re-noises the reference half). ``captions``: the prompts (default: each item's target-pose caption)."""
     from instruct_identity.core import layout
-    from instruct_identity.engine.sampling import sample_identity as sample
+    from instruct_identity.engine import sampling
+
+    if route not in ("patch", "inpaint"):
+        raise ValueError(f"unknown route {route!r}; use patch or inpaint")
+    sample = sampling.sample_identity if route == "patch" else sampling.sample_diptych_inpaint
 
     captions = captions or [it.pair.caption for it in items]
     outs = []

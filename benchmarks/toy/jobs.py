@@ -41,7 +41,10 @@ def quiet() -> None:
 
 
 def job_key(job: dict) -> str:
-    blob = json.dumps({"format": JOB_FORMAT, **{k: job.get(k) for k in KEY_FIELDS}}, sort_keys=True, default=str)
+    key = {"format": JOB_FORMAT, **{k: job.get(k) for k in KEY_FIELDS}}
+    if job.get("route"):  # only where set, so the keys of jobs without one stay as they were
+        key["route"] = job["route"]
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -125,7 +128,7 @@ def run_job(job: dict, worker: bool = False) -> dict:
         captions = [data.zero_shot_caption(it.pair.tgt_pose) for it in items] if job.get("caption") == "sheet" else None
         t0 = time.perf_counter()
         outs = evaluate.sample_identity(model, codec, te, items, steps=job["sample_steps"], seed=job["seed"] + 5000,
-                                        captions=captions)
+                                        captions=captions, route=job.get("route") or "patch")
         scored = evaluate.score(outs, items, charis)
         out["eval_wall_s"] += time.perf_counter() - t0
         out["splits"][split], out["items"][split] = scored["mean"], scored["items"]

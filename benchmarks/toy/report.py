@@ -192,6 +192,16 @@ def findings(results: dict) -> list[str]:
                    f"{z['part_color_acc']:.2f}, silhouette IoU {z['sil_iou']:.2f}"
                    + (f" (with the LoRA's plain prompt: {zp['part_color_acc']:.2f} / {zp['sil_iou']:.2f})" if zp else "")
                    + ".")
+    zi = results["zero_shot"].get("zero-shot-inpaint", {}).get("splits", {}).get("distinct")
+    if zi and z:
+        out.append("**Zero-shot without the patch** (ComfyUI's own masked sampling: the reference half re-noised to each "
+                   f"step's level, as in pre-training's sheets): part colour accuracy {zi['part_color_acc']:.2f}, "
+                   f"silhouette IoU {zi['sil_iou']:.2f}, copy-paste {zi['copy_paste']:.2f}, against "
+                   f"{z['part_color_acc']:.2f} / {z['sil_iou']:.2f} / {z['copy_paste']:.2f} through the patch. "
+                   + ("The base never saw a clean view beside a noisy one: it has in-context ability on its own "
+                      "terms, and reading the clean reference is what the identity LoRA has to learn."
+                      if zi["part_color_acc"] - z["part_color_acc"] > 0.1 else
+                      "Neither route carries the reference's colours over without a LoRA."))
     bm = s.get("B-masked", {}).get("distinct")
     if bm and z:
         out.append(f"**The identity LoRA** (B, masked, {len(bm['seeds'])} seeds): part colour accuracy "

@@ -55,6 +55,10 @@ ZERO_SHOT = [
     {"name": "zero-shot", "caption": "sheet",
      "label": "no LoRA: the base with a sheet prompt (\"two views. first view: <target pose>\")"},
     {"name": "zero-shot-plain", "caption": "plain", "label": "no LoRA: the base with the LoRA's prompt (target pose only)"},
+    {"name": "zero-shot-inpaint", "caption": "sheet", "route": "inpaint",
+     "label": "no LoRA, no patch: ComfyUI's own masked sampling of [target | reference] (the reference half re-noised "
+              "to each step's level, as Set Latent Noise Mask + KSampler do: the diptych route of a plain model), "
+              "sheet prompt"},
 ]
 COMPARISONS = [("B-masked", "B-full"), ("B-masked", "B-full_noised"), ("B-masked", "B-full_consistent"),
                ("B-masked", "A-masked"), ("B-masked", "C-masked"), ("C-masked", "A-masked"),
@@ -63,7 +67,7 @@ METRICS = ("part_color_acc", "charis_color", "sil_iou", "copy_paste", "part_colo
 TARGETS = {"base_part_color_acc": 0.90, "base_sil_iou": 0.90, "lora_part_color_acc": 0.80, "lora_sil_iou": 0.85}
 DEMO_REFERENCES = 6
 # the demo ships the best of these on the distinct split (part colour accuracy): the paper's method, joint attention
-DEMO_LORA_RUNS = ("B-masked", "B-masked-800")
+DEMO_LORA_RUNS = ("B-masked", "B-masked-800", "B-masked-2400")
 PARTIAL_EVERY = 200  # pre-training writes its EMA weights so far every this many steps (<key>.partial.safetensors)
 # Earlier measurements on the way to this design (held-out text to image, full captions), kept in the JSON
 # so the report can say what was tried; each was measured once, by the same metric code.
@@ -98,7 +102,7 @@ def build_jobs(profile: Profile, common: dict, selected: set[str] | None) -> lis
     jobs_ = []
     for z in ZERO_SHOT:
         jobs_.append({**common, "kind": "zero_shot", "name": z["name"], "label": z["label"], "caption": z["caption"],
-                      "spec": None})
+                      "spec": None, **({"route": z["route"]} if z.get("route") else {})})
     for c in CONFIGS + list(profile.extra_runs):
         for s in range(c.get("seeds", profile.seeds)):
             spec = {"name": c["name"], "preset": c["preset"], "loss": c["loss"], "seed": common["seed"] + s,

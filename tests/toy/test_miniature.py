@@ -113,3 +113,41 @@ def test_identity_sampling_on_a_miniature_base_keeps_the_reference(mini):
     target, reference = layout.split(grid)
     assert torch.allclose(reference, ref, atol=1e-4) and target.shape == ref.shape
     assert codec.decode(target).shape == (1, 32, 32, 3)
+
+
+def test_diptych_inpaint_route_noises_the_reference_the_patch_route_keeps_it_clean(mini):
+    """The zero-shot baseline without the patch: ComfyUI's masked sampling hands the model a re-noised
+    reference half; the result still carries the reference in that half."""
+    from instruct_identity.core import layout
+    from instruct_identity.engine.sampling import conditioning, sample_diptych_inpaint, sample_identity
+
+    base = mini.build_model(mini.unet_config(hidden=64, heads=2, double=1, single=1), seed=0)
+    with torch.no_grad():  # non-zero weights everywhere (a fresh build zeroes the output layer)
+        for p in base.model.diffusion_model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    codec, te = mini.PixelCodec(), mini.WordEncoder()
+    ref = codec.encode(_image(mini))
+    ref_in = base.model.process_latent_in(ref)
+    pos, neg = conditioning(*te.encode("two views. first view: the character lying, small, on the left")), \
+        conditioning(*te.encode(""))
+
+    def recorded(route):
+        seen = []
+
+        def wrapper(apply_model, args):
+            seen.append(args["input"].detach().clone())
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        model = base.clone()
+        model.set_model_unet_function_wrapper(wrapper)
+        grid = route(model, ref, pos, neg, seed=0, steps=3)
+        return seen, grid
+
+    seen, grid = recorded(sample_diptych_inpaint)
+    assert len(seen) == 3
+    first_right = layout.split(seen[0])[1]
+    assert (first_right - ref_in).std() > 0.5  # noised to the first step's level, not the clean reference
+    assert torch.allclose(layout.split(grid)[1], ref, atol=1e-4)
+    seen_patch, grid_patch = recorded(sample_identity)
+    assert torch.allclose(layout.split(grid_patch)[1], ref, atol=1e-4)
+    assert not torch.allclose(grid_patch, grid)  # a different route, a different picture

@@ -138,7 +138,7 @@ def test_quick_profile_end_to_end_cache_runs_selection_and_report(tmp_path, comf
         assert set(p["full"]) == set(p["pose"]) == {f"{s:g}" for s in (0.95, 0.8, 0.6)}
         assert all(0 <= v <= 1 for v in [*p["full"].values(), *p["pose"].values()])
     assert "Does the base read the colour words?" in (work / "report.md").read_text()
-    assert set(results["zero_shot"]) == {"zero-shot", "zero-shot-plain"}
+    assert set(results["zero_shot"]) == {"zero-shot", "zero-shot-plain", "zero-shot-inpaint"}
     names = {c["name"] for c in run.CONFIGS}
     assert {(r["name"], r["split"]) for r in results["runs"]} == {(n, s) for n in names for s in ("distinct", "near")}
     for r in results["runs"]:
