@@ -221,6 +221,14 @@ def score(outputs: np.ndarray, items: list[EvalItem], charis: CharisColor | None
 PROBE_SIGMAS = (0.95, 0.8, 0.6)
 
 
+def probe_items(chars: list, size: int, n: int = 48, seed: int = 0) -> list[EvalItem]:
+    """``n`` text-to-image items for :func:`caption_probe`: characters drawn from ``chars``, poses at random."""
+    rng = np.random.default_rng(seed + 91)
+    picks = [(chars[int(rng.integers(len(chars)))], sprites.ALL_POSES[int(rng.integers(len(sprites.ALL_POSES)))])
+             for _ in range(n)]
+    return make_items([data.PairSpec(c, p, p) for c, p in picks], size)
+
+
 @torch.no_grad()
 def caption_probe(model, codec, text_encoder, items: list[EvalItem], sigmas=PROBE_SIGMAS, seed: int = 0) -> dict:
     """Does the model read colours from the caption? For each noise level ``s``: the ground truth noised

@@ -15,24 +15,18 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 log = logging.getLogger("toy.probe")
 
 
 def probe_file(path: Path, items: int = 48, seed: int = 0) -> dict:
     from instruct_identity.miniature import files, load_state, sprites
 
-    from . import data, evaluate, lora_runs
+    from . import evaluate, lora_runs
 
     state, spec, _ = load_state(path)
     codec, te = files.make_codec(spec.codec), files.make_text_encoder(spec.text_encoder)
     _, test_chars = sprites.split_characters(100_000, 200, seed=0)
-    rng = np.random.default_rng(seed + 91)
-    picks = [(test_chars[int(rng.integers(len(test_chars)))], sprites.ALL_POSES[int(rng.integers(18))])
-             for _ in range(items)]
-    renders = [sprites.render(c, p, spec.image_size) for c, p in picks]
-    eval_items = [evaluate.EvalItem(data.PairSpec(c, p, p), r[0], r[0], r[1], r[1]) for (c, p), r in zip(picks, renders)]
+    eval_items = evaluate.probe_items(test_chars, spec.image_size, items, seed)
     model = lora_runs.load_with_lora(spec.unet_config, state, None)
     return {"file": str(path), "text_encoder": spec.text_encoder, "items": items,
             **evaluate.caption_probe(model, codec, te, eval_items, seed=seed)}

@@ -267,18 +267,15 @@ def base_check(profile, work, base_key, base_state, unet, codec, te, test_chars,
 def caption_probe(work, base_file, stage, unet, codec, te, test_chars, seed, profile) -> dict:
     """``evaluate.caption_probe`` on one pre-training stage's weights (48 held-out items); cached."""
     from instruct_identity.core.files import atomic_write_text
-    from instruct_identity.miniature import load_state, sprites
+    from instruct_identity.miniature import load_state
 
-    from . import data, evaluate, lora_runs
+    from . import evaluate, lora_runs
 
     path = work / f"caption-probe-{stage['key']}.json"
     if path.is_file():
         return json.loads(path.read_text())
     state, _, _ = load_state(base_file)
-    rng = np.random.default_rng(seed + 91)
-    picks = [(test_chars[int(rng.integers(len(test_chars)))], sprites.ALL_POSES[int(rng.integers(18))])
-             for _ in range(48)]
-    items = [evaluate.EvalItem(data.PairSpec(c, p, p), *_render_pair(sprites, c, p, profile.size)) for c, p in picks]
+    items = evaluate.probe_items(test_chars, profile.size, seed=seed)
     model = lora_runs.load_with_lora(unet, state, None)
     out = {"key": stage["key"], "steps": stage["pretrain"]["steps"], "items": len(items),
            **evaluate.caption_probe(model, codec, te, items, seed=seed)}
