@@ -41,10 +41,16 @@ def identity_inputs(model, reference_latent: torch.Tensor, batch: int | None = N
     ``batch`` samples (default: one per reference). ``reference_attention``: ``joint``, ``one_way``, or
     None for the mode ``model`` is tagged with (``engine.oneway.mode_of``; untagged: joint)."""
     ref = reference_latent.detach()
+    start, mask = _start_grid(ref, batch)
+    return IdentityInputs(patch_model(model, ref, reference_attention), start, mask, ref)
+
+
+def _start_grid(ref: torch.Tensor, batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[zeros | reference]`` for ``batch`` samples (default: one per reference) and the target-half mask."""
     batch = ref.shape[0] if batch is None else int(batch)
     lay = layout.Layout(ref.shape[-2], ref.shape[-1])
     start = layout.concat(torch.zeros((batch,) + tuple(ref.shape[1:]), dtype=ref.dtype, device=ref.device), ref)
-    return IdentityInputs(patch_model(model, ref, reference_attention), start, layout.target_mask(lay), ref)
+    return start, layout.target_mask(lay)
 
 
 def conditioning(cond: torch.Tensor, pooled: torch.Tensor | None = None, guidance: float | None = None) -> list:
@@ -92,12 +98,9 @@ def sample_diptych_inpaint(model, reference_latent: torch.Tensor, positive, nega
     i.e. the diptych route of a plain model. The model never sees a clean reference next to a noisy
     target, which is what a base pre-trained on multi-view pictures knows; the patch's clean reference
     is what an identity LoRA learns to read. Returns the H x 2W grid (VAE space)."""
-    ref = reference_latent.detach()
-    batch = ref.shape[0] if batch is None else int(batch)
-    lay = layout.Layout(ref.shape[-2], ref.shape[-1])
-    start = layout.concat(torch.zeros((batch,) + tuple(ref.shape[1:]), dtype=ref.dtype, device=ref.device), ref)
+    start, mask = _start_grid(reference_latent.detach(), batch)
     return _sample(model, start, positive, negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
-                   scheduler=scheduler, noise_mask=layout.target_mask(lay), noise=noise)
+                   scheduler=scheduler, noise_mask=mask, noise=noise)
 
 
 @torch.no_grad()

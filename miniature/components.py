@@ -92,8 +92,7 @@ class WordEncoder:
         if kind not in self.KINDS:
             raise ValueError(f"unknown word-encoder kind {kind!r}; known: {', '.join(self.KINDS)}")
         self.dim, self.tokens, self.seed, self.kind = dim, tokens, seed, kind
-        short = {"words-phrase": "toy-words-phrase", "words-noun": "toy-words-noun"}[kind]
-        self.identity = f"{short}:{dim}:{tokens}:{seed}"
+        self.identity = f"toy-{kind}:{dim}:{tokens}:{seed}"
         self._vectors: dict[str, torch.Tensor] = {}
         g = torch.Generator().manual_seed(seed + 7919)
         self.positions = torch.randn(tokens, dim, generator=g) * 0.5
