@@ -31,13 +31,13 @@ PROFILES = {
                     pretrain_more=(dict(steps=1000, batch=32, sheet_batch=16, sheet_ratio=0.5, lr=5e-4, warmup=50),),
                     lora=dict(steps=200, batch=16, rank=16, lr=2e-3),
                     train_pairs=2000, eval_items=32, heldout_pairs=24, sample_steps=24, seeds=3,
-                    extra_runs=[  # exploratory: is the LoRA's step budget what limits colour transfer? one seed each
+                    extra_runs=[  # exploratory: is the LoRA's step budget what limits colour transfer?
                         {"name": "B-masked-800", "preset": "B", "loss": "masked", "seeds": 1,
                          "extra": {"max_train_steps": 800},
                          "label": "preset B, masked loss, 800 steps (exploratory, one seed)"},
-                        {"name": "B-masked-2400", "preset": "B", "loss": "masked", "seeds": 1,
+                        {"name": "B-masked-2400", "preset": "B", "loss": "masked", "seeds": 3,
                          "extra": {"max_train_steps": 2400},
-                         "label": "preset B, masked loss, 2400 steps (exploratory, one seed)"},
+                         "label": "preset B, masked loss, 2400 steps (exploratory: the LoRA's step budget)"},
                         {"name": "B-one_way-800", "preset": "B", "loss": "masked", "seeds": 1,
                          "extra": {"reference_attention": "one_way", "max_train_steps": 800},
                          "label": "preset B, masked loss, one-way reference attention, 800 steps (exploratory, one seed)"}]),

@@ -238,12 +238,14 @@ def findings(results: dict) -> list[str]:
                    f"B vs C {verdict(results, 'B-masked', 'C-masked', 'distinct', 'part_color_acc')}.")
     extra = [c["name"] for c in results["profile"].get("extra_runs", []) if c["name"] in s]
     if extra and "B-masked" in s:
-        out.append("**Exploratory runs** (one seed each, not part of the ablation), distinct split, part colour accuracy / "
-                   "silhouette IoU: B-masked at " + f"{results['profile']['lora']['steps']} steps "
-                   f"{s['B-masked']['distinct']['part_color_acc']['mean']:.3f} / {s['B-masked']['distinct']['sil_iou']['mean']:.3f} "
-                   "(mean of its seeds); " + "; ".join(
-                       f"{n} {s[n]['distinct']['part_color_acc']['mean']:.3f} / {s[n]['distinct']['sil_iou']['mean']:.3f}"
-                       for n in extra) + ".")
+        def cell(n):
+            d = s[n]["distinct"]
+            return (f"{fmt(d['part_color_acc']['mean'], d['part_color_acc']['se'])} / "
+                    f"{fmt(d['sil_iou']['mean'], d['sil_iou']['se'])} ({len(d['seeds'])} seed{'s' if len(d['seeds']) > 1 else ''})")
+
+        out.append("**Exploratory runs** (not part of the ablation), distinct split, part colour accuracy / silhouette "
+                   f"IoU: B-masked at {results['profile']['lora']['steps']} steps {cell('B-masked')}; "
+                   + "; ".join(f"{n} {cell(n)}" for n in extra) + ".")
     cps = {n: sp["near"]["copy_paste"]["mean"] for n, sp in s.items() if "near" in sp}
     if cps:
         out.append("**Copy-paste on the near split** (outputs whose silhouette matches the reference's better than "

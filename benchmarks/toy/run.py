@@ -62,7 +62,7 @@ ZERO_SHOT = [
 ]
 COMPARISONS = [("B-masked", "B-full"), ("B-masked", "B-full_noised"), ("B-masked", "B-full_consistent"),
                ("B-masked", "A-masked"), ("B-masked", "C-masked"), ("C-masked", "A-masked"),
-               ("B-masked", "B-one_way")]
+               ("B-masked", "B-one_way"), ("B-masked-2400", "B-masked")]
 METRICS = ("part_color_acc", "charis_color", "sil_iou", "copy_paste", "part_color_err")
 TARGETS = {"base_part_color_acc": 0.90, "base_sil_iou": 0.90, "lora_part_color_acc": 0.80, "lora_sil_iou": 0.85}
 DEMO_REFERENCES = 6
