@@ -51,15 +51,19 @@ def probe_table(probes: list[dict]) -> list[str]:
     return out + [""]
 
 
-def base_lessons(b: dict) -> list[str]:
+def base_lessons(b: dict, history: list[dict]) -> list[str]:
     """What the history and the caption probe say about the base (statements hold for any outcome)."""
+    earlier = next((h["probe_095"] for h in reversed(history) if h.get("probe_095")), None)
+    if earlier is None:
+        return []
     probes = b.get("caption_probe") or []
     last = probes[-1] if probes else None
     reads = last is not None and last["full"]["0.95"] - last["pose"]["0.95"] >= 0.3
     met = b["part_color_acc"] >= TARGET_BASE_COLOUR
     out = ["**Colour words.** The bases before this design learned poses, sizes and places but ignored the colour "
            "words: the last of them (word encoder [word / head noun], sheets from the first step) denoises as well "
-           "with a pose-only caption as with the full one (caption probe 0.09 / 0.09 at s = 0.95, table above), so "
+           f"with a pose-only caption as with the full one (caption probe {earlier[0]:.2f} / {earlier[1]:.2f} at s = 0.95, "
+           "table above), so "
            "its samples are muddy averages of the palette. A part's colour has to be bound to the part through "
            "attention to the right text token; pose is global and also reaches every block through the pooled "
            "vector. "
@@ -73,6 +77,7 @@ def base_lessons(b: dict) -> list[str]:
            f"The base {'meets' if met else 'misses'} the colour target ({b['part_color_acc']:.2f} vs "
            f"{TARGET_BASE_COLOUR:.2f}).", ""]
     return out
+
 
 ENCODERS = {  # how each WordEncoder kind builds a token (miniature/components.py)
     "words-phrase": "its word's fixed random vector + the mean of its phrase's word vectors + a fixed position vector",
@@ -369,7 +374,7 @@ def render(results: dict, images_rel: str) -> str:
             lines.append(f"| {h['base'].replace('|', '/')} | {h['cfg']:g} | {h['samples']} | {fmt(h['part_color_acc'])} "
                          f"| {fmt(h['sil_iou'])} | {probe} |")
         lines.append("")
-        lines += base_lessons(b)
+        lines += base_lessons(b, results["history"])
     lines += ["## Deviations from the paper", "",
               "* Scale: a 32 px procedural world and a ~4M-parameter FLUX-architecture model pre-trained here for "
               "minutes (not FLUX.1-dev); small LoRAs for hundreds of steps (paper: r = 512, 10,000 steps, lr 1e-4, "
