@@ -58,11 +58,16 @@ def make_items(pairs: list[data.PairSpec], size: int) -> list[EvalItem]:
 # sampling (the pack's one recipe: engine.sampling)
 
 
+def encode_captions(text_encoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, tokens, dim]`` token vectors and ``[N, dim]`` pooled vectors for ``captions``."""
+    conds, pooled = zip(*(text_encoder.encode(c) for c in captions), strict=True)
+    return torch.stack(conds), torch.stack(pooled)
+
+
 def conditioning(text_encoder, captions: list[str]):
     from instruct_identity.engine.sampling import conditioning as make
 
-    conds, pooled = zip(*(text_encoder.encode(c) for c in captions), strict=True)
-    return make(torch.stack(conds), torch.stack(pooled))
+    return make(*encode_captions(text_encoder, captions))
 
 
 @torch.no_grad()
@@ -248,8 +253,7 @@ def caption_probe(model, codec, text_encoder, items: list[EvalItem], sigmas=PROB
     for kind in ("full", "pose"):
         caps = [data.full_caption(it.pair.char, it.pair.tgt_pose) if kind == "full" else it.pair.tgt_pose.caption()
                 for it in items]
-        conds, pooled = zip(*(text_encoder.encode(c) for c in caps), strict=True)
-        cond, pooled = torch.stack(conds), torch.stack(pooled)
+        cond, pooled = encode_captions(text_encoder, caps)
         row = {}
         for s in sigmas:
             sig = torch.full((len(items),), float(s))
