@@ -53,6 +53,19 @@ class LossLog:
         return self.png
 
 
+def sustained_jump(losses: list[float], window: int = 50, factor: float = 10.0, hold: int = 20) -> int | None:
+    """The index where the loss jumped above ``factor`` x the median of the ``window`` losses before it
+    and stayed there for the last ``hold`` steps (a run that diverged without a NaN), or None."""
+    start = len(losses) - hold
+    if start < window:
+        return None
+    before = sorted(losses[start - window:start])
+    ref = before[len(before) // 2]
+    if ref > 0 and all(v > factor * ref for v in losses[start:]):
+        return start
+    return None
+
+
 def ema(values: list[float], beta: float = 0.9) -> list[float]:
     out, m = [], None
     for v in values:

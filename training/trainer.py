@@ -22,7 +22,7 @@ from . import checkpoints, lora, objective
 from .cache import FileHashes
 from .config import TrainConfig
 from .data import Encoders, MicroBatch, TrainData, sample_generator
-from .losslog import LossLog
+from .losslog import LossLog, sustained_jump
 from .model import (
     Components,
     FluxForward,
@@ -58,6 +58,7 @@ class TrainResult:
     peak_memory_bytes: int = 0
     fixed_loss_before: float | None = None  # Eq. 2 on fixed noise/timesteps of a few training batches
     fixed_loss_after: float | None = None
+    jumped_at: int | None = None  # the step where the loss jumped and stayed up (``losslog.sustained_jump``)
 
 
 @dataclass
@@ -295,6 +296,13 @@ def train(cfg: TrainConfig, components: Components | None = None, *, resume: str
             if acc.is_main_process:
                 run.losslog.plot()
             raise diverged(run, loss)
+        if not result.jumped_at:
+            jump = sustained_jump(result.losses)
+            if jump is not None:
+                result.jumped_at = run.step - (len(result.losses) - jump) + 1
+                log.warning("the loss jumped at step %d to %.4g (more than 10x what it was) and has stayed there: the "
+                            "run has probably diverged. Lower learning_rate or use lr_scheduler = \"cosine\"; "
+                            "save_every_n_steps keeps the LoRAs from before the jump.", result.jumped_at, loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if cfg.save_every_n_steps and run.step % int(cfg.save_every_n_steps) == 0 and run.step < steps:

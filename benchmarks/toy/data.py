@@ -6,8 +6,8 @@
     10 % are empty (so CFG has an unconditional model, and a pose-only prompt draws some character);
   - character sheets: two views of one character side by side (the H x 2W grid of the identity
     layout), captioned as such (``miniature.sprites.sheet_caption``: "two views. <description>. first
-    view: <pose>. second view: <pose>"); the description is left out half of the time, each view's
-    pose a quarter of the time. This is the toy's "web images with several views of
+    view: <pose>. second view: <pose>"); the description is left out half of the time (a stage's
+    ``sheet_describe`` sets the share), each view's pose a quarter of the time. This is the toy's "web images with several views of
     one subject", the data that gives FLUX its zero-shot in-context ability.
 * Identity pairs (the LoRA data): reference = a training character in one pose, target = the same
   character in any other pose (uniform over the 17, so some targets are close to the reference and
@@ -51,8 +51,10 @@ def pretrain_caption(char: sprites.Character, pose: sprites.Pose, rng: random.Ra
     return full_caption(char, pose)
 
 
-def pretrain_sheet_caption(char: sprites.Character, poses: list, rng: random.Random) -> str:
-    desc = char if rng.random() < 0.5 else None
+def pretrain_sheet_caption(char: sprites.Character, poses: list, rng: random.Random, describe: float = 0.5) -> str:
+    """``describe``: the chance that the caption names the character's colours (otherwise only the other
+    view can tell them: the sheets that teach in-context copying)."""
+    desc = char if rng.random() < describe else None
     named = [p if rng.random() < 0.75 else None for p in poses]
     return sprites.sheet_caption(desc, named)
 
@@ -150,8 +152,10 @@ class PretrainStream:
     """Endless text-to-image batches of training characters (deterministic per seed): single renders
     (``batch``) and two-view sheets (``sheet_batch``)."""
 
-    def __init__(self, chars: list[sprites.Character], size: int, codec, text_encoder, seed: int):
+    def __init__(self, chars: list[sprites.Character], size: int, codec, text_encoder, seed: int,
+                 sheet_describe: float = 0.5):
         self.chars, self.size, self.codec, self.te = chars, size, codec, text_encoder
+        self.sheet_describe = sheet_describe
         self.rng = random.Random(f"pretrain:{seed}")
 
     def _encode(self, imgs, captions):
@@ -175,5 +179,5 @@ class PretrainStream:
             c = self.rng.choice(self.chars)
             poses = self.rng.sample(sprites.ALL_POSES, views)
             imgs.append(to_image(sprites.render_sheet(c, poses, self.size)))
-            caps.append(pretrain_sheet_caption(c, poses, self.rng))
+            caps.append(pretrain_sheet_caption(c, poses, self.rng, self.sheet_describe))
         return self._encode(imgs, caps)

@@ -108,7 +108,7 @@ def run_job(job: dict, worker: bool = False) -> dict:
     else:
         rs = lora_runs.RunSpec(**job["spec"])
         settings = lora_runs.LoraSettings(**job["lora"])
-        log.info("LoRA run %s seed %d: %d steps", name, rs.seed, settings.steps)
+        log.info("LoRA run %s seed %d: %d steps", name, rs.seed, training_steps(job))
         manifest = Path(job["manifest"])
         info, trained = lora_runs.train_run(rs, settings, manifest, folder, Path(job["work"]) / "trainer-cache",
                                             base_state, unet, codec, te, job["base_hash"])
@@ -156,11 +156,19 @@ def downsample(values: list[float], n: int) -> list[float]:
     return [round(float(c.mean()), 5) for c in chunks]
 
 
+def training_steps(job: dict) -> int:
+    """How many LoRA steps a job trains (0: none), its ``extra`` options winning as in the trainer config."""
+    if job["kind"] != "lora":
+        return 0
+    return int((job["spec"].get("extra") or {}).get("max_train_steps", job["lora"]["steps"]))
+
+
 def run_all(jobs: list[dict], workers: int, progress=None) -> list[dict]:
     """Run ``jobs`` inline (``workers <= 1``) or in that many spawned processes; results in job order.
-    Cached jobs are read here without starting a worker."""
+    Cached jobs are read here without starting a worker; the longest jobs start first, so the short ones
+    fill the other workers' time instead of one long job running alone at the end."""
     results: list = [cached_result(j) for j in jobs]
-    todo = [i for i, r in enumerate(results) if r is None]
+    todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -training_steps(jobs[i]))
     bar = progress(total=len(todo)) if progress is not None and todo else None
     if workers <= 1 or len(todo) <= 1:
         for i in todo:

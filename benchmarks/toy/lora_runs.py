@@ -30,6 +30,10 @@ class LoraSettings:
     batch: int = 16
     rank: int = 16
     lr: float = 1e-3
+    timestep_sampling: str = "uniform"  # the trainer's option (uniform | sigmoid | shift | flux_shift)
+    shift: float = 3.0                  # discrete_flow_shift, for ``shift``
+    scheduler: str = "constant"         # lr_scheduler
+    warmup: float = 0.0                 # lr_warmup_steps: steps, or a fraction (< 1) of the run's steps
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def trainer_options(spec: RunSpec, s: LoraSettings, manifest: Path, out_dir: Pat
     opts = dict(
         mode="identity", preset=spec.preset, loss=spec.loss, network_dim=s.rank, network_alpha=float(s.rank),
         dataset_config=str(manifest), resolution=size, train_batch_size=s.batch, max_train_steps=s.steps,
-        learning_rate=s.lr, lr_scheduler="constant", optimizer_type="AdamW", timestep_sampling="uniform",
+        learning_rate=s.lr, lr_scheduler=s.scheduler, lr_warmup_steps=s.warmup, optimizer_type="AdamW", timestep_sampling=s.timestep_sampling,
+        discrete_flow_shift=s.shift,
         guidance_scale=1.0, mixed_precision="no", save_precision="fp16", seed=spec.seed, output_dir=str(out_dir),
         output_name=spec.name, cache_dir=str(cache_dir), save_state=False)
     opts.update(spec.extra)

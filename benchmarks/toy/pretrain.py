@@ -39,6 +39,7 @@ class PretrainConfig:
     batch: int = 32            # single renders per batch
     sheet_batch: int = 16      # two-view sheets per batch (same pixel count as 32 singles)
     sheet_ratio: float = 0.5   # share of steps that are sheet batches
+    sheet_describe: float = 0.5  # share of sheet captions that name the colours (the rest: the other view tells)
     lr: float = 1e-3
     warmup: int = 100
     min_lr_ratio: float = 0.05
@@ -64,9 +65,16 @@ def renderer_fingerprint(size: int) -> str:
     return h.hexdigest()[:16]
 
 
+_UNKEYED_DEFAULTS = {"sheet_describe": 0.5}
+
+
 def cache_key(unet: dict, cfg: PretrainConfig, text_identity: str, train_chars: list, init_key: str | None = None) -> str:
     """``init_key``: the key of the base this stage continues from (None: from scratch)."""
-    d = {"format": FORMAT, "unet": unet, "pretrain": asdict(cfg), "text": text_identity,
+    settings = asdict(cfg)
+    for name, default in _UNKEYED_DEFAULTS.items():  # options added later stay out of the key at their default,
+        if settings[name] == default:                # so the bases cached before them keep their keys
+            del settings[name]
+    d = {"format": FORMAT, "unet": unet, "pretrain": settings, "text": text_identity,
          "render": renderer_fingerprint(cfg.size), "chars": hashlib.sha256(repr(train_chars).encode()).hexdigest()[:16]}
     if init_key is not None:
         d["init"] = init_key
@@ -106,7 +114,7 @@ def pretrain(unet: dict, cfg: PretrainConfig, train_chars: list, codec, text_enc
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    stream = data.PretrainStream(train_chars, cfg.size, codec, text_encoder, cfg.seed + 1000 * stage)
+    stream = data.PretrainStream(train_chars, cfg.size, codec, text_encoder, cfg.seed + 1000 * stage, cfg.sheet_describe)
     g = torch.Generator().manual_seed(cfg.seed + 1000 * stage)
     losses: list[float] = []
     sheet_losses: list[float] = []

@@ -25,10 +25,12 @@ def pretrain_stages(stages: list[dict]) -> str:
     for i, st in enumerate(stages):
         c = st["pretrain"]
         share = int(round(100 * c.get("sheet_ratio", 0)))
+        describe = int(round(100 * c.get("sheet_describe", 0.5)))
         mix = (f"{100 - share} % of the steps batches of {c['batch']} single renders, {share} % batches of "
-               f"{c['sheet_batch']} two-view sheets" if share else f"batches of {c['batch']} single renders only")
+               f"{c['sheet_batch']} two-view sheets whose captions name the colours {describe} % of the time"
+               if share else f"batches of {c['batch']} single renders only")
         out.append(f"stage {i + 1}: {c['steps']} steps at peak lr {c['lr']:g}, {mix}"
-                   + (" (continuing from stage 1's EMA weights with a fresh warm-up and cosine decay)" if i else ""))
+                   + (f" (continuing from stage {i}'s EMA weights with a fresh warm-up and cosine decay)" if i else ""))
     return "; ".join(out)
 
 
@@ -84,6 +86,23 @@ ENCODERS = {  # how each WordEncoder kind builds a token (miniature/components.p
     "words-noun": "[its word's fixed random vector | its phrase's head noun's vector]",
 }
 
+
+def timesteps(lora: dict) -> str:
+    """The LoRA runs' timestep sampling, as the trainer option names it."""
+    kind = lora.get("timestep_sampling", "uniform")
+    if kind == "shift":
+        return (f"timesteps `shift` (sigmoid of a standard normal, shifted by {lora.get('shift', 3.0):g}: most steps "
+                "at high noise, where the colours are decided; kohya's FLUX recommendation)")
+    return f"timesteps `{kind}`"
+
+
+def schedule(lora: dict) -> str:
+    kind = lora.get("scheduler", "constant")
+    warm = lora.get("warmup", 0) or 0
+    return kind + (f" after a warm-up of {warm:g} of the steps" if 0 < warm < 1 else
+                   f" after a warm-up of {warm:g} steps" if warm else "")
+
+
 def fmt(v, se=None, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -116,11 +135,13 @@ def verdict(results: dict, a: str, b: str, split: str, metric: str) -> str:
 def targets_table(results: dict) -> list[str]:
     names = {"base_part_color_acc": "base, text to image: part colour accuracy",
              "base_sil_iou": "base, text to image: silhouette IoU",
-             "lora_part_color_acc": "B-masked LoRA, held-out characters (distinct split): part colour accuracy",
-             "lora_sil_iou": "B-masked LoRA, held-out characters (distinct split): silhouette IoU"}
-    lines = ["| target | goal | measured | met |", "|---|---|---|---|"]
+             "lora_part_color_acc": "{run} LoRA, held-out characters (distinct split): part colour accuracy",
+             "lora_sil_iou": "{run} LoRA, held-out characters (distinct split): silhouette IoU"}
+    lines = ["| target | goal | measured (mean ± SE over seeds) | met |", "|---|---|---|---|"]
     for k, t in results["targets"].items():
-        lines.append(f"| {names.get(k, k)} | ≥ {t['target']:.2f} | {fmt(t['value'])} | {'yes' if t['met'] else '**no**'} |")
+        name = names.get(k, k).format(run=t.get("run", "B-masked"))
+        lines.append(f"| {name} | ≥ {t['target']:.2f} | {fmt(t['value'], t.get('se'))} | "
+                     f"{'yes' if t['met'] else '**no**'} |")
     return lines
 
 
@@ -208,24 +229,29 @@ def findings(results: dict) -> list[str]:
                       if zi["part_color_acc"] - z["part_color_acc"] > 0.1 else
                       "Neither route carries the reference's colours over without a LoRA."))
     bm = s.get("B-masked", {}).get("distinct")
-    if bm and z:
-        out.append(f"**The identity LoRA** (B, masked, {len(bm['seeds'])} seeds): part colour accuracy "
-                   f"{fmt(bm['part_color_acc']['mean'], bm['part_color_acc']['se'], 2)}, silhouette IoU "
-                   f"{fmt(bm['sil_iou']['mean'], bm['sil_iou']['se'], 2)} (zero-shot {z['part_color_acc']:.2f} / "
-                   f"{z['sil_iou']:.2f}).")
+    target = results.get("targets", {}).get("lora_part_color_acc", {}).get("run", "B-masked")
+    bt = s.get(target, {}).get("distinct")
+    if bt and z:
+        steps = next((r["steps"] for r in results["runs"] if r["name"] == target), None)
+        out.append(f"**The identity LoRA** ({target}: B, masked, {steps} steps, {len(bt['seeds'])} seeds): part colour "
+                   f"accuracy {fmt(bt['part_color_acc']['mean'], bt['part_color_acc']['se'], 2)}, silhouette IoU "
+                   f"{fmt(bt['sil_iou']['mean'], bt['sil_iou']['se'], 2)} on held-out characters (zero-shot "
+                   f"{z['part_color_acc']:.2f} / {z['sil_iou']:.2f}; copying the reference "
+                   f"{results['oracles']['distinct']['copy of the reference']['part_color_acc']:.2f} / "
+                   f"{results['oracles']['distinct']['copy of the reference']['sil_iou']:.2f}).")
     if bm and bm["part_color_acc"]["mean"] < 0.3:
         probes = results["base"].get("caption_probe") or []
         reads = bool(probes) and probes[-1]["full"]["0.95"] - probes[-1]["pose"]["0.95"] >= 0.3
         out.append("**Caveat for everything below**: the ablation's LoRAs "
-                   f"({results['profile']['lora']['steps']} steps) carry little of the reference's colours over (part "
-                   "colour accuracy near chance, about 1/11), "
+                   f"({results['profile']['lora']['steps']} steps) carry little of the reference's colours over (B-masked's "
+                   f"part colour accuracy {bm['part_color_acc']['mean']:.2f}; chance about 1/11), "
                    + ("although the base renders the colours its caption names (caption probe): within this budget "
-                      "the LoRAs learned to follow the pose, not yet to read colours from the reference (see the "
-                      "exploratory longer runs). " if reads else
+                      "the LoRAs learned to follow the pose, not yet to read colours from the reference (the longer "
+                      "run above does). " if reads else
                       "because the base itself does not render colours from any conditioning (see \"Colour words\"). ")
-                   + "The colour differences between configurations are therefore differences of a few hundredths, "
-                   "not of identity transfer; what the ablation does measure is pose following (silhouette IoU) and "
-                   "copy-paste.")
+                   + "Colour differences between configurations at this budget say which learns to read the "
+                   "reference sooner, not how well it transfers identity in the end; what the ablation measures fully "
+                   "is pose following (silhouette IoU) and copy-paste.")
     for other in ("B-full", "B-full_noised", "B-full_consistent"):
         if f"B-masked - {other}" not in results["comparisons"]:
             continue
@@ -241,6 +267,20 @@ def findings(results: dict) -> list[str]:
                    + " > ".join(f"{n[0]} {s[n]['distinct']['part_color_acc']['mean']:.3f}" for n in order)
                    + f"; B vs A {verdict(results, 'B-masked', 'A-masked', 'distinct', 'part_color_acc')}, "
                    f"B vs C {verdict(results, 'B-masked', 'C-masked', 'distinct', 'part_color_acc')}.")
+    if "B-masked - B-one_way" in results["comparisons"]:
+        parts = [f"{split}: part colour {verdict(results, 'B-masked', 'B-one_way', split, 'part_color_acc')}, "
+                 f"silhouette IoU {verdict(results, 'B-masked', 'B-one_way', split, 'sil_iou')}"
+                 for split in results["comparisons"]["B-masked - B-one_way"]]
+        out.append("**Joint vs one-way reference attention** (B-masked vs B-one_way, where the reference attends only "
+                   "to itself; not in the paper): " + "; ".join(parts) + ".")
+    if "B-masked - B-masked-uniform" in results["comparisons"]:
+        parts = [f"{split}: part colour {verdict(results, 'B-masked', 'B-masked-uniform', split, 'part_color_acc')}, "
+                 f"silhouette IoU {verdict(results, 'B-masked', 'B-masked-uniform', split, 'sil_iou')}"
+                 for split in results["comparisons"]["B-masked - B-masked-uniform"]]
+        out.append(f"**Timestep sampling** (B-masked with `{results['profile']['lora'].get('timestep_sampling')}` vs "
+                   "the same run with `uniform`, the paper's t ~ U(0, 1)): " + "; ".join(parts) + ". The colours of a "
+                   "part are decided at high noise, where the target half shows little; a uniform draw spends most "
+                   "steps where the noisy target already shows them.")
     extra = [c["name"] for c in results["profile"].get("extra_runs", []) if c["name"] in s]
     if extra and "B-masked" in s:
         def cell(n):
@@ -248,7 +288,7 @@ def findings(results: dict) -> list[str]:
             return (f"{fmt(d['part_color_acc']['mean'], d['part_color_acc']['se'])} / "
                     f"{fmt(d['sil_iou']['mean'], d['sil_iou']['se'])} ({len(d['seeds'])} seed{'s' if len(d['seeds']) > 1 else ''})")
 
-        out.append("**Exploratory runs** (not part of the ablation), distinct split, part colour accuracy / silhouette "
+        out.append("**Runs beside the ablation**, distinct split, part colour accuracy / silhouette "
                    f"IoU: B-masked at {results['profile']['lora']['steps']} steps {cell('B-masked')}; "
                    + "; ".join(f"{n} {cell(n)}" for n in extra) + ".")
     cps = {n: sp["near"]["copy_paste"]["mean"] for n, sp in s.items() if "near" in sp}
@@ -305,15 +345,15 @@ def render(results: dict, images_rel: str) -> str:
         + f", plain flow matching ({pre.get('timestep_sampling')} timesteps), AdamW, EMA {pre.get('ema')}. Single renders "
         "are captioned with the character and the pose (30 % pose only, 10 % empty); **two-view character sheets** "
         "show one character in two poses side by side, captioned \"two views. <description>. first view: <pose>. "
-        "second view: <pose>\" (description left out half of the time, each pose a quarter of the time): the toy's "
-        "counterpart of the "
-        "multi-view web pictures that give FLUX its in-context ability. Pre-training: "
+        "second view: <pose>\" (the description left out in the share each stage sets, below; each pose a quarter of "
+        "the time): the toy's counterpart of the multi-view web pictures that give FLUX its in-context ability; "
+        "where the description is left out, only the other view tells the colours. Pre-training: "
         f"{b['pretrain'].get('wall_s', 0) / 60:.1f} min wall{' (cached in this run)' if b['pretrain'].get('cached') else ''}; "
         f"loss (single renders) {b['pretrain'].get('loss_first50', math.nan):.3f} (first 50) -> "
         f"{b['pretrain'].get('loss_last50', math.nan):.3f} (last 50).",
         f"* **LoRA runs**: `training.trainer.train` (the real trainer) with `Components(model, codec, text encoder)`, "
-        f"identity mode, rank {lora['rank']} (alpha = rank), AdamW lr {lora['lr']:g} constant, batch {lora['batch']}, "
-        f"{lora['steps']} steps, uniform timesteps, fp32, saved in fp16; {p['train_pairs']} training pairs "
+        f"identity mode, rank {lora['rank']} (alpha = rank), AdamW lr {lora['lr']:g} {schedule(lora)}, batch {lora['batch']}, "
+        f"{lora['steps']} steps, {timesteps(lora)}, fp32, saved in fp16; {p['train_pairs']} training pairs "
         "(a training character in one pose -> the same character in any other pose; caption = the target pose "
         "only, so the colours can only come from the reference). Each configuration is trained with "
         f"{p['seeds']} seeds (seed = the trainer's seed: LoRA init, batches, noise); the data are the same for all. "
@@ -375,13 +415,30 @@ def render(results: dict, images_rel: str) -> str:
                          f"| {fmt(h['sil_iou'])} | {probe} |")
         lines.append("")
         lines += base_lessons(b, results["history"])
+    if results.get("lora_history"):
+        lines += ["## What was tried for the LoRA", "",
+                  "Earlier identity LoRAs (preset B, masked loss, rank 16, batch 16, constant lr, the same trainer "
+                  "and evaluation, distinct split), each measured once and kept here so the report can say what was "
+                  "tried; base \"stages 1-2\" is this base before its third pre-training stage:", "",
+                  "| run | base | steps | lr | timesteps | seeds | part colour acc | silhouette IoU | job key |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for h in results["lora_history"]:
+            lines.append(f"| {h['run']} | {h.get('base', 'stages 1-2')} | {h['steps']} | {h['lr']:g} | {h['timesteps']} | "
+                         f"{h['seeds']} | "
+                         f"{fmt(h['part_color_acc'], h.get('part_color_acc_se'))} | {fmt(h['sil_iou'])} | "
+                         f"{', '.join(h['keys'])} |")
+        lines.append("")
     lines += ["## Deviations from the paper", "",
               "* Scale: a 32 px procedural world and a ~4M-parameter FLUX-architecture model pre-trained here for "
-              "minutes (not FLUX.1-dev); small LoRAs for hundreds of steps (paper: r = 512, 10,000 steps, lr 1e-4, "
+              "minutes (not FLUX.1-dev); small LoRAs for hundreds to a few thousand steps (paper: r = 512, 10,000 "
+              "steps, lr 1e-4, "
               "220k curated pairs).",
               "* Metrics: the paper's Table 2 uses DreamBench++ (GPT-4o) and the full CHARIS composite; here CHARIS's "
               "colour axis, and exact per-part colours, silhouettes and copy-paste against the known ground truth.",
               "* Captions name only the target pose; latent = pixels; a fixed word-vector text encoder; fp32 on the CPU.",
+              *([f"* Timesteps: the LoRAs draw t with `{lora.get('timestep_sampling')}` (paper's Eq. 2: t ~ U(0, 1)); "
+                 "the `B-masked-uniform` row is the paper's choice at the same budget."]
+                if lora.get("timestep_sampling", "uniform") != "uniform" else []),
               "", "## Rerun, add runs", "",
               f"* Full: `.venv/bin/python -m benchmarks.toy.run` (this page, the JSON, the pictures and the demo files; "
               f"pre-training {b['pretrain'].get('wall_s', 0) / 60:.0f} min wall plus the jobs "

@@ -188,3 +188,71 @@ def test_quick_profile_end_to_end_cache_runs_selection_and_report(tmp_path, comf
     (work / "report.md").unlink()
     assert run.main(["--quick", "--work", str(work), "--report-only"]) == 0
     assert (work / "report.md").read_text() == report.render(added, "published-images")
+
+
+def test_sheet_captions_leave_the_colours_to_the_other_view_at_the_stage_share(toy):
+    data, _, sprites = toy
+    import random
+
+    c = sprites.all_characters()[5]
+    poses = [sprites.ALL_POSES[2], sprites.ALL_POSES[9]]
+    for describe, expect in ((0.0, 0), (1.0, 200)):
+        rng = random.Random(0)
+        caps = [data.pretrain_sheet_caption(c, poses, rng, describe) for _ in range(200)]
+        assert sum(c.describe() in cap for cap in caps) == expect
+    rng = random.Random(0)
+    share = np.mean([c.describe() in data.pretrain_sheet_caption(c, poses, rng, 0.2) for _ in range(2000)])
+    assert 0.15 < share < 0.25
+
+
+def test_the_profile_reproduces_the_published_base_keys(comfy):
+    """Options added to the pre-training config must not move the keys of bases already cached (and
+    published): the full profile's stages hash to the keys the published JSON records."""
+    from instruct_identity.benchmarks.toy import pretrain
+    from instruct_identity.benchmarks.toy.profiles import PROFILES
+    from instruct_identity.miniature import components, sprites
+
+    published = json.loads((REPO / "docs" / "toy-replication.json").read_text())["base"]["pretrain"]
+    stages = published.get("stages") or [published]
+    p = PROFILES["full"]
+    unet = components.unet_config(**p.unet)
+    te = components.WordEncoder()  # what the run builds
+    train, _ = sprites.split_characters(100_000, 200, seed=0)
+    init = None
+    for stage, settings in zip(stages, (p.pretrain, *p.pretrain_more), strict=True):
+        cfg = pretrain.PretrainConfig(seed=0, size=p.size, **settings)
+        key = pretrain.cache_key(unet, cfg, te.identity, train, init)
+        assert key == stage["key"], settings
+        init = key
+    bumped = pretrain.PretrainConfig(seed=0, size=p.size, **{**p.pretrain, "sheet_describe": 0.3})
+    assert pretrain.cache_key(unet, bumped, te.identity, train) != stages[0]["key"]
+
+
+def test_jobs_run_longest_first_and_return_in_job_order(monkeypatch, tmp_path):
+    from instruct_identity.benchmarks.toy import jobs
+
+    ran = []
+    monkeypatch.setattr(jobs, "run_job", lambda job, worker=False: ran.append(job["name"]) or {"name": job["name"]})
+    common = {"work": str(tmp_path), "lora": {"steps": 200}, "base_key": "k", "seed": 0}
+    todo = [{**common, "kind": "zero_shot", "name": "z", "spec": None},
+            {**common, "kind": "lora", "name": "short", "spec": {"seed": 0, "extra": {}}},
+            {**common, "kind": "lora", "name": "long", "spec": {"seed": 0, "extra": {"max_train_steps": 2400}}}]
+    assert [jobs.training_steps(j) for j in todo] == [0, 200, 2400]
+    out = jobs.run_all(todo, workers=1)
+    assert ran == ["long", "short", "z"]
+    assert [r["name"] for r in out] == ["z", "short", "long"]
+
+
+def test_lora_settings_reach_the_trainer_and_a_run_can_override_them(tmp_path):
+    from instruct_identity.benchmarks.toy import lora_runs
+    from instruct_identity.training.config import from_dict
+
+    s = lora_runs.LoraSettings(steps=5, batch=2, rank=4, lr=5e-3, timestep_sampling="shift", shift=2.5,
+                               scheduler="cosine", warmup=0.2)
+    manifest = tmp_path / "pairs.jsonl"
+    for extra, expect in (({}, ("shift", 2.5)), ({"timestep_sampling": "uniform"}, ("uniform", 2.5))):
+        spec = lora_runs.RunSpec("r", "B", "masked", 0, extra)
+        cfg = from_dict(lora_runs.trainer_options(spec, s, manifest, tmp_path / "o", tmp_path / "c", 32))
+        assert (cfg.timestep_sampling, cfg.discrete_flow_shift) == expect
+        assert (cfg.learning_rate, cfg.max_train_steps, cfg.network_dim) == (5e-3, 5, 4)
+        assert (cfg.lr_scheduler, cfg.lr_warmup_steps) == ("cosine", 0.2)

@@ -192,3 +192,33 @@ def test_max_train_epochs_counts_optimizer_steps(tiny_cfg, components):
     cfg = tiny_cfg(max_train_epochs=1, gradient_accumulation_steps=2, save_state=False)
     result = train(cfg, components())
     assert result.step == 2  # 4 pairs, batch 1, accumulation 2
+
+
+def test_sustained_jump_finds_a_diverged_run_not_a_noisy_one():
+    from instruct_identity.training.losslog import sustained_jump
+
+    rng = torch.Generator().manual_seed(0)
+    noisy = (0.02 * (1 + torch.rand(300, generator=rng))).tolist()
+    noisy[100] = noisy[200] = 5.0  # single spikes are not a divergence
+    assert all(sustained_jump(noisy[:n]) is None for n in range(1, 301))
+    jumped = noisy[:150] + [1.2] * 19
+    assert sustained_jump(jumped) is None  # not held long enough yet
+    assert sustained_jump(jumped + [1.1]) == 150
+
+
+def test_a_loss_that_jumps_and_stays_up_is_reported(tiny_cfg, components, tmp_path, monkeypatch, caplog):
+    from instruct_identity.training import trainer
+
+    real = trainer.optimizer_step
+
+    def scripted(run):  # the real step, then the loss a diverging run would report from step 61 on
+        _, lr = real(run)
+        return (0.02 if run.step <= 60 else 1.0), lr
+
+    monkeypatch.setattr(trainer, "optimizer_step", scripted)
+    pairs = make_pairs(tmp_path / "two", n=2, seed=3)
+    cfg = tiny_cfg(dataset_config=str(pairs), max_train_steps=85, save_state=False)
+    with caplog.at_level(logging.WARNING, logger="instruct_identity.training.trainer"):
+        result = train(cfg, components())
+    assert result.jumped_at == 61
+    assert "step 61" in caplog.text and "probably diverged" in caplog.text
