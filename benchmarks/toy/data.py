@@ -7,8 +7,8 @@
   - character sheets: two views of one character side by side (the H x 2W grid of the identity
     layout), captioned as such (``miniature.sprites.sheet_caption``: "two views. <description>. first
     view: <pose>. second view: <pose>"); the description is left out half of the time (a stage's
-    ``sheet_describe`` sets the share), each view's pose a quarter of the time. This is the toy's "web images with several views of
-    one subject", the data that gives FLUX its zero-shot in-context ability.
+    ``sheet_describe`` sets the share), each view's pose a quarter of the time. This is the toy's "web
+    images with several views of one subject", the data that gives FLUX its zero-shot in-context ability.
 * Identity pairs (the LoRA data): reference = a training character in one pose, target = the same
   character in any other pose (uniform over the 17, so some targets are close to the reference and
   copying it is nearly right: the shortcut the masked loss is meant to avoid); caption = the target

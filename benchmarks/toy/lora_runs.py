@@ -55,8 +55,8 @@ def trainer_options(spec: RunSpec, s: LoraSettings, manifest: Path, out_dir: Pat
     opts = dict(
         mode="identity", preset=spec.preset, loss=spec.loss, network_dim=s.rank, network_alpha=float(s.rank),
         dataset_config=str(manifest), resolution=size, train_batch_size=s.batch, max_train_steps=s.steps,
-        learning_rate=s.lr, lr_scheduler=s.scheduler, lr_warmup_steps=s.warmup, optimizer_type="AdamW", timestep_sampling=s.timestep_sampling,
-        discrete_flow_shift=s.shift,
+        learning_rate=s.lr, lr_scheduler=s.scheduler, lr_warmup_steps=s.warmup, optimizer_type="AdamW",
+        timestep_sampling=s.timestep_sampling, discrete_flow_shift=s.shift,
         guidance_scale=1.0, mixed_precision="no", save_precision="fp16", seed=spec.seed, output_dir=str(out_dir),
         output_name=spec.name, cache_dir=str(cache_dir), save_state=False)
     opts.update(spec.extra)

@@ -114,7 +114,8 @@ def pretrain(unet: dict, cfg: PretrainConfig, train_chars: list, codec, text_enc
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    stream = data.PretrainStream(train_chars, cfg.size, codec, text_encoder, cfg.seed + 1000 * stage, cfg.sheet_describe)
+    stream = data.PretrainStream(train_chars, cfg.size, codec, text_encoder, cfg.seed + 1000 * stage,
+                                 cfg.sheet_describe)
     g = torch.Generator().manual_seed(cfg.seed + 1000 * stage)
     losses: list[float] = []
     sheet_losses: list[float] = []

@@ -132,6 +132,15 @@ def verdict(results: dict, a: str, b: str, split: str, metric: str) -> str:
     return f"{a} {'better' if good else 'worse'} ({pm(d, se)})"
 
 
+VERDICT_NAMES = {"part_color_acc": "part colour", "sil_iou": "silhouette IoU", "copy_paste": "copy-paste"}
+
+
+def verdicts(results: dict, a: str, b: str, metrics=("part_color_acc", "sil_iou")) -> str:
+    """``verdict`` for each split of the paired comparison ``a - b`` and each of ``metrics``."""
+    return "; ".join(f"{split}: " + ", ".join(f"{VERDICT_NAMES[m]} {verdict(results, a, b, split, m)}" for m in metrics)
+                     for split in results["comparisons"][f"{a} - {b}"])
+
+
 def targets_table(results: dict) -> list[str]:
     names = {"base_part_color_acc": "base, text to image: part colour accuracy",
              "base_sil_iou": "base, text to image: silhouette IoU",
@@ -255,12 +264,8 @@ def findings(results: dict) -> list[str]:
     for other in ("B-full", "B-full_noised", "B-full_consistent"):
         if f"B-masked - {other}" not in results["comparisons"]:
             continue
-        parts = []
-        for split in results["comparisons"][f"B-masked - {other}"]:
-            parts.append(f"{split}: part colour {verdict(results, 'B-masked', other, split, 'part_color_acc')}, "
-                         f"silhouette IoU {verdict(results, 'B-masked', other, split, 'sil_iou')}, copy-paste "
-                         f"{verdict(results, 'B-masked', other, split, 'copy_paste')}")
-        out.append(f"**Masked vs {other}** (paper: masked better, full copies the reference): " + "; ".join(parts) + ".")
+        out.append(f"**Masked vs {other}** (paper: masked better, full copies the reference): "
+                   + verdicts(results, "B-masked", other, ("part_color_acc", "sil_iou", "copy_paste")) + ".")
     if all(n in s for n in ("A-masked", "B-masked", "C-masked")):
         order = sorted(("A-masked", "B-masked", "C-masked"), key=lambda n: -s[n]["distinct"]["part_color_acc"]["mean"])
         out.append("**Presets** (paper: B best), distinct split, part colour accuracy: "
@@ -268,17 +273,12 @@ def findings(results: dict) -> list[str]:
                    + f"; B vs A {verdict(results, 'B-masked', 'A-masked', 'distinct', 'part_color_acc')}, "
                    f"B vs C {verdict(results, 'B-masked', 'C-masked', 'distinct', 'part_color_acc')}.")
     if "B-masked - B-one_way" in results["comparisons"]:
-        parts = [f"{split}: part colour {verdict(results, 'B-masked', 'B-one_way', split, 'part_color_acc')}, "
-                 f"silhouette IoU {verdict(results, 'B-masked', 'B-one_way', split, 'sil_iou')}"
-                 for split in results["comparisons"]["B-masked - B-one_way"]]
         out.append("**Joint vs one-way reference attention** (B-masked vs B-one_way, where the reference attends only "
-                   "to itself; not in the paper): " + "; ".join(parts) + ".")
+                   "to itself; not in the paper): " + verdicts(results, "B-masked", "B-one_way") + ".")
     if "B-masked - B-masked-uniform" in results["comparisons"]:
-        parts = [f"{split}: part colour {verdict(results, 'B-masked', 'B-masked-uniform', split, 'part_color_acc')}, "
-                 f"silhouette IoU {verdict(results, 'B-masked', 'B-masked-uniform', split, 'sil_iou')}"
-                 for split in results["comparisons"]["B-masked - B-masked-uniform"]]
         out.append(f"**Timestep sampling** (B-masked with `{results['profile']['lora'].get('timestep_sampling')}` vs "
-                   "the same run with `uniform`, the paper's t ~ U(0, 1)): " + "; ".join(parts) + ". The colours of a "
+                   "the same run with `uniform`, the paper's t ~ U(0, 1)): "
+                   + verdicts(results, "B-masked", "B-masked-uniform") + ". The colours of a "
                    "part are decided at high noise, where the target half shows little; a uniform draw spends most "
                    "steps where the noisy target already shows them.")
     extra = [c["name"] for c in results["profile"].get("extra_runs", []) if c["name"] in s]
