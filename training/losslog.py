@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from pathlib import Path
 
 from ..core.files import atomic_write_bytes
@@ -59,8 +60,7 @@ def sustained_jump(losses: list[float], window: int = 50, factor: float = 10.0, 
     start = len(losses) - hold
     if start < window:
         return None
-    before = sorted(losses[start - window:start])
-    ref = before[len(before) // 2]
+    ref = statistics.median(losses[start - window:start])
     if ref > 0 and all(v > factor * ref for v in losses[start:]):
         return start
     return None

@@ -296,7 +296,7 @@ def train(cfg: TrainConfig, components: Components | None = None, *, resume: str
             if acc.is_main_process:
                 run.losslog.plot()
             raise diverged(run, loss)
-        if not result.jumped_at:
+        if result.jumped_at is None:
             jump = sustained_jump(result.losses)
             if jump is not None:
                 result.jumped_at = run.step - (len(result.losses) - jump) + 1
