@@ -41,6 +41,14 @@ MAX_REGION_MASK_VALUES = _env_int("II_MAX_REGION_MASK_VALUES", 2 ** 28)
 #: Text + image tokens of the joint-attention mask of regional prompting (an L x L float32 mask:
 #: 1 GiB at this limit; a 2048 x 1024 canvas is 8192 image tokens).
 MAX_REGIONAL_TOKENS = _env_int("II_MAX_REGIONAL_TOKENS", 16384)
+#: References of one identity grid ``[target | ref_1 | ... | ref_K]`` (FLUX.2 takes up to 10 images).
+MAX_REFERENCES = _env_int("II_MAX_REFERENCES", 8)
+#: Image tokens of one identity grid, target and references together (a 1024 x 1024 target with three
+#: references is 4 x 4096 tokens).
+MAX_IDENTITY_TOKENS = _env_int("II_MAX_IDENTITY_TOKENS", 20480)
+#: Text + image tokens of the reference-strength / region-binding attention bias (an L x L float
+#: mask, 1 GiB in float32 at this limit). Only built when a strength is not 1 or a region is bound.
+MAX_REFERENCE_BIAS_TOKENS = _env_int("II_MAX_REFERENCE_BIAS_TOKENS", 16384)
 #: Characters of one Character Sheet Batch (one sheet each, from a single queue run).
 MAX_SHEETS_PER_BATCH = _env_int("II_MAX_SHEETS_PER_BATCH", 1000)
 #: Trainer: width or height of a training or preview picture, in pixels.

@@ -42,7 +42,7 @@ from functools import partial
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ..core import layout
+from ..core import layout, reference_bias
 from ..core.errors import InputError
 from .oneway_blocks import (  # noqa: F401  (the block math, re-exported for the one-way API's users)
     BlockKV,
@@ -131,6 +131,7 @@ class CallState:
     dm: object
     kv: ReferenceKV
     run: object = call_block
+    bias: torch.Tensor | None = None   # [1, text + target, text + target + strip] (strengths, regions)
 
 
 class OneWayBlock:
@@ -160,9 +161,10 @@ class OneWayBlock:
         to = args.get("transformer_options")
         if self.kind == "double":
             img, txt = state.run(double_block, block, args["img"], args["txt"], args["vec"], args["pe"],
-                                 args.get("attn_mask"), ref, to)
+                                 args.get("attn_mask"), ref, to, state.bias)
             return {"img": img, "txt": txt}
-        return {"img": state.run(single_block, block, args["img"], args["vec"], args["pe"], args.get("attn_mask"), ref, to)}
+        return {"img": state.run(single_block, block, args["img"], args["vec"], args["pe"], args.get("attn_mask"), ref, to,
+                                 state.bias)}
 
 
 def _unwrap(patch):
@@ -210,32 +212,40 @@ def forward_options(transformer_options: dict, state: CallState) -> dict:
     return to
 
 
-def one_way_forward(executor, dm, x, kv_for, run, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Run the diffusion model on the target half of the grid ``x`` with the reference's K/V
-    (``kv_for(reference_half, transformer_options)``); the reference half of the output is zero,
-    the velocity that leaves the clean reference where it is."""
+def one_way_forward(executor, dm, x, kv_for, run, args: tuple, kwargs: dict, references: int = 1,
+                    bias_for=None) -> torch.Tensor:
+    """Run the diffusion model on the target panel of the grid ``x`` (``references`` reference panels)
+    with the references' K/V (``kv_for(reference_strip, transformer_options)``); the reference panels
+    of the output are zero, the velocity that leaves the clean references where they are.
+    ``bias_for(text_tokens, rows, cols)``: the target path's part of the reference bias, or None."""
     if kwargs.get("attention_mask") is not None:
         raise InputError("reference_attention", "one_way does not combine with attention-mask conditioning "
-                         "(e.g. regional prompting).", "Use reference_attention = joint for this graph.")
+                         "(e.g. regional prompting).", "Use reference_attention = joint for this graph, or bind "
+                         "references to regions on the Add Reference node.")
     timestep, context, y, guidance, ref_latents, control, transformer_options = args
-    lay = layout.Layout.of(x)
+    lay = layout.Layout.of(x, references=references)
     to = transformer_options if transformer_options is not None else {}
     kv = kv_for(x[..., lay.reference], to)
+    bias = None
+    if bias_for is not None:
+        patch = int(getattr(dm, "patch_size", 2))
+        bias = bias_for(int(context.shape[1]), lay.height // patch, lay.width // patch)
     out = executor(x[..., lay.target], timestep, context, y, guidance, ref_latents, control,
-                   forward_options(to, CallState(dm, kv, run)), **kwargs)
-    return torch.cat([out, torch.zeros_like(out)], dim=-1)
+                   forward_options(to, CallState(dm, kv, run, bias)), **kwargs)
+    return torch.cat([out] + [torch.zeros_like(out)] * lay.references, dim=-1)
 
 
-def training_options(checkpoint: bool) -> dict:
+def training_options(checkpoint: bool, references: int = 1) -> dict:
     """``transformer_options`` for the trainer's forward in one-way mode: the wrapper computes the
-    reference's K/V for every sample (with gradients) at every call; blocks checkpointed if asked."""
+    references' K/V for every sample (with gradients) at every call; blocks checkpointed if asked."""
     run = checkpointed if checkpoint else call_block
 
     def wrapper(executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                 transformer_options=None, **kwargs):
         dm = executor.class_obj
-        return one_way_forward(executor, dm, x, lambda ref, to: reference_kv(dm, ref, to, run), run,
-                               (timestep, context, y, guidance, ref_latents, control, transformer_options), kwargs)
+        return one_way_forward(executor, dm, x, lambda ref, to: reference_kv(dm, ref, to, run, references=references),
+                               run, (timestep, context, y, guidance, ref_latents, control, transformer_options), kwargs,
+                               references)
 
     return {"wrappers": {WrappersMP.DIFFUSION_MODEL: {PATCH_KEY: [wrapper]}}}
 
@@ -251,23 +261,54 @@ class OneWayPatch:
     references: torch.Tensor
     cache: ReferenceCache | None = field(default_factory=lambda: CACHE)
     reuse: bool = True
+    count: int = 1                 # reference panels in the strip
+    controls: tuple = ()           # core.reference_bias.ReferenceControl per reference
     computed: int = 0
     reused: int = 0
     _digest: str = ""
     _scope: object = None
     _last: tuple = (None, None)   # (key, K/V) of the latest call: the rest of a run reuses it
+    _bias: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self._digest = tensor_digest(self.references)
+        if not self.controls:
+            self.controls = tuple(reference_bias.ReferenceControl() for _ in range(self.count))
+        self._controls_digest = repr([(c.strength, None if c.region is None else tensor_digest(c.region))
+                                      for c in self.controls])
+
+    @property
+    def biased(self) -> bool:
+        return not reference_bias.neutral(self.controls)
+
+    def biases(self, text: int, rows: int, cols: int, device):
+        """(target-path bias, reference-path bias) for this call's sizes; (None, None) when neutral."""
+        if not self.biased:
+            return None, None
+        key = (text, rows, cols, str(device))
+        if key not in self._bias:
+            full = reference_bias.bias(self.controls, text=text, rows=rows, cols=cols, device=device)
+            self._bias = {key: reference_bias.one_way_parts(full, text=text, rows=rows, cols=cols,
+                                                            references=self.count)}
+        return self._bias[key]
+
+    def reference_bias_for(self, dm, ref: torch.Tensor):
+        if not self.biased:
+            return None
+        patch = int(getattr(dm, "patch_size", 2))
+        rows, cols = ref.shape[-2] // patch, ref.shape[-1] // self.count // patch
+        return self.biases(0, rows, cols, ref.device)[1]
 
     def key(self, dm, ref: torch.Tensor, transformer_options) -> tuple:
         return (self._digest, id(dm), self._scope, weights_fingerprint(dm), str(ref.dtype), str(ref.device),
-                tuple(ref.shape[1:]), repr(transformer_options.get("rope_options")))
+                tuple(ref.shape[1:]), repr(transformer_options.get("rope_options")), self.count,
+                self._controls_digest if self.count > 1 else "")
 
     def kv_for(self, dm, ref_half: torch.Tensor, transformer_options) -> ReferenceKV:
+        bias = self.reference_bias_for(dm, ref_half)
         if not self.reuse:
             self.computed += 1
-            return reference_kv(dm, ref_half, transformer_options)
+            return reference_kv(dm, ref_half, transformer_options, references=self.count, bias=bias)
         ref = ref_half[: self.references.shape[0]]     # the grid tiles the references over the batch
         key = self.key(dm, ref, transformer_options)   # checked at every call: weights may change between runs
         if self._last[0] == key:
@@ -275,7 +316,7 @@ class OneWayPatch:
         kv = self.cache.get(key, dm) if self.cache is not None else None
         if kv is None:
             with torch.no_grad():
-                kv = reference_kv(dm, ref, transformer_options)
+                kv = reference_kv(dm, ref, transformer_options, references=self.count, bias=bias)
             self.computed += 1
             if self.cache is not None:
                 self.cache.put(key, dm, kv)
@@ -287,8 +328,10 @@ class OneWayPatch:
     def diffusion_model(self, executor, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
                         transformer_options=None, **kwargs):
         dm = executor.class_obj
+        bias_for = (lambda text, rows, cols: self.biases(text, rows, cols, x.device)[0]) if self.biased else None
         return one_way_forward(executor, dm, x, partial(self.kv_for, dm), call_block,
-                               (timestep, context, y, guidance, ref_latents, control, transformer_options), kwargs)
+                               (timestep, context, y, guidance, ref_latents, control, transformer_options), kwargs,
+                               self.count, bias_for)
 
     def outer_sample(self, executor, *args, **kwargs):
         patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
@@ -301,12 +344,15 @@ class OneWayPatch:
                      "%d time(s) in this run", self.computed, self.reused)
 
 
-def install(model, reference: torch.Tensor, *, cache: ReferenceCache | None = CACHE, reuse: bool = True) -> OneWayPatch:
+def install(model, reference: torch.Tensor, *, cache: ReferenceCache | None = CACHE, reuse: bool = True,
+            references: int = 1, controls=None) -> OneWayPatch:
     """Put one-way attention on ``model`` (a ModelPatcher clone, changed in place): the wrappers under
-    :data:`PATCH_KEY` and a :class:`OneWayBlock` in every block slot (chaining other packs' patches)."""
+    :data:`PATCH_KEY` and a :class:`OneWayBlock` in every block slot (chaining other packs' patches).
+    ``reference``: the ``[R, C, h, K*w]`` strip of ``references`` = K panels; ``controls``: one
+    ``core.reference_bias.ReferenceControl`` per reference (None: strength 1, no region)."""
     dm = model.model.diffusion_model
     check_model(dm)
-    holder = OneWayPatch(reference.detach(), cache, reuse)
+    holder = OneWayPatch(reference.detach(), cache, reuse, int(references), tuple(controls or ()))
     for kind, fn in ((WrappersMP.DIFFUSION_MODEL, holder.diffusion_model), (WrappersMP.OUTER_SAMPLE, holder.outer_sample)):
         model.remove_wrappers_with_key(kind, PATCH_KEY)
         model.add_wrapper_with_key(kind, PATCH_KEY, fn)

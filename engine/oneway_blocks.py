@@ -76,9 +76,10 @@ def _extend_mask(mask, extra: int):
     return torch.cat([mask, mask.new_zeros(mask.shape[:-1] + (extra,))], dim=-1)
 
 
-def _attend(q, k, v, pe, mask, ref: BlockKV | None, transformer_options):
+def _attend(q, k, v, pe, mask, ref: BlockKV | None, transformer_options, ref_bias=None):
     """ComfyUI's FLUX attention; with ``ref``, the reference's keys and values are appended to the
-    (RoPE-rotated) keys and values of the queries' own sequence."""
+    (RoPE-rotated) keys and values of the queries' own sequence. ``ref_bias``: an additive bias
+    ``[1, Nq, Nk]`` over those queries and keys (``core.reference_bias``: strengths, bound regions)."""
     if ref is None:
         return flux_math.attention(q, k, v, pe=pe, mask=mask, transformer_options=transformer_options)
     if pe is not None:
@@ -86,15 +87,21 @@ def _attend(q, k, v, pe, mask, ref: BlockKV | None, transformer_options):
     rk = layout.match_batch(ref.k, q.shape[0], "reference").to(k.dtype)
     rv = layout.match_batch(ref.v, q.shape[0], "reference").to(v.dtype)
     k, v = torch.cat([k, rk], dim=2), torch.cat([v, rv], dim=2)
-    return flux_math.attention(q, k, v, pe=None, mask=_extend_mask(mask, rk.shape[2]),
-                               transformer_options=transformer_options)
+    mask = _extend_mask(mask, rk.shape[2])
+    if ref_bias is not None:
+        ref_bias = ref_bias.to(device=q.device, dtype=q.dtype)
+        if mask is not None and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, device=q.device, dtype=q.dtype).masked_fill_(~mask, -10000.0)
+        mask = ref_bias if mask is None else mask.to(q.dtype) + ref_bias
+    return flux_math.attention(q, k, v, pe=None, mask=mask, transformer_options=transformer_options)
 
 
 def _finite(x):
     return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504) if x.dtype == torch.float16 else x
 
 
-def double_block(block, img, txt, vec, pe, attn_mask=None, ref: BlockKV | None = None, transformer_options=None):
+def double_block(block, img, txt, vec, pe, attn_mask=None, ref: BlockKV | None = None, transformer_options=None,
+                 ref_bias=None):
     """ComfyUI's ``DoubleStreamBlock.forward`` (text first), out of place, with the target and text
     queries also attending to ``ref``. ``ref=None`` is the stock block."""
     to = transformer_options if transformer_options is not None else {}
@@ -102,7 +109,7 @@ def double_block(block, img, txt, vec, pe, attn_mask=None, ref: BlockKV | None =
     img_q, img_k, img_v = _stream_qkv(block.img_norm1, block.img_attn, img, img_mod1, block.num_heads)
     txt_q, txt_k, txt_v = _stream_qkv(block.txt_norm1, block.txt_attn, txt, txt_mod1, block.num_heads)
     attn = _attend(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2),
-                   pe, attn_mask, ref, to)
+                   pe, attn_mask, ref, to, ref_bias)
     txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
     img = img + apply_mod(block.img_attn.proj(img_attn), img_mod1.gate)
     img = img + apply_mod(block.img_mlp(apply_mod(block.img_norm2(img), (1 + img_mod2.scale), img_mod2.shift)), img_mod2.gate)
@@ -111,34 +118,39 @@ def double_block(block, img, txt, vec, pe, attn_mask=None, ref: BlockKV | None =
     return img, _finite(txt)
 
 
-def single_block(block, x, vec, pe, attn_mask=None, ref: BlockKV | None = None, transformer_options=None):
+def single_block(block, x, vec, pe, attn_mask=None, ref: BlockKV | None = None, transformer_options=None,
+                 ref_bias=None):
     """ComfyUI's ``SingleStreamBlock.forward``, out of place, with the queries also attending to ``ref``."""
     to = transformer_options if transformer_options is not None else {}
     mod = block.modulation(vec)[0] if block.modulation else vec
     q, k, v, mlp = _single_qkv(block, x, mod)
-    attn = _attend(q, k, v, pe, attn_mask, ref, to)
+    attn = _attend(q, k, v, pe, attn_mask, ref, to, ref_bias)
     out = block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
     return _finite(x + apply_mod(out, mod.gate))
 
 
-def reference_double(block, x, vec, pe, transformer_options=None):
-    """The reference tokens through a double block (its image stream), attending only to themselves:
-    (next hidden state, K with RoPE, V)."""
+def reference_double(block, x, vec, pe, transformer_options=None, bias=None):
+    """The reference tokens through a double block (its image stream), attending only to themselves
+    (``bias``: between references, ``core.reference_bias``): (next hidden state, K with RoPE, V)."""
     mod1, mod2 = block.img_mod(vec) if block.modulation else vec[0]
     q, k, v = _stream_qkv(block.img_norm1, block.img_attn, x, mod1, block.num_heads)
     q, k = flux_math.apply_rope(q, k, pe)
-    attn = flux_math.attention(q, k, v, pe=None, transformer_options=transformer_options or {})
+    attn = flux_math.attention(q, k, v, pe=None, mask=_bias_mask(bias, q), transformer_options=transformer_options or {})
     x = x + apply_mod(block.img_attn.proj(attn), mod1.gate)
     x = x + apply_mod(block.img_mlp(apply_mod(block.img_norm2(x), (1 + mod2.scale), mod2.shift)), mod2.gate)
     return x, k, v
 
 
-def reference_single(block, x, vec, pe, transformer_options=None):
+def _bias_mask(bias, q):
+    return None if bias is None else bias.to(device=q.device, dtype=q.dtype)
+
+
+def reference_single(block, x, vec, pe, transformer_options=None, bias=None):
     """The reference tokens through a single block, attending only to themselves."""
     mod = block.modulation(vec)[0] if block.modulation else vec
     q, k, v, mlp = _single_qkv(block, x, mod)
     q, k = flux_math.apply_rope(q, k, pe)
-    attn = flux_math.attention(q, k, v, pe=None, transformer_options=transformer_options or {})
+    attn = flux_math.attention(q, k, v, pe=None, mask=_bias_mask(bias, q), transformer_options=transformer_options or {})
     return _finite(x + apply_mod(block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2)), mod.gate)), k, v
 
 
@@ -168,24 +180,26 @@ def checkpointed(fn, *args):
     return checkpoint(fn, *args, use_reentrant=False)
 
 
-def reference_kv(dm, reference: torch.Tensor, transformer_options=None, run=call_block) -> ReferenceKV:
-    """The reference's keys and values at every block.
+def reference_kv(dm, reference: torch.Tensor, transformer_options=None, run=call_block, *, references: int = 1,
+                 bias=None) -> ReferenceKV:
+    """The references' keys and values at every block.
 
-    ``reference``: ``[R, C, h, w]``, the clean reference in the model's input space and compute dtype
-    (the right half of the grid the model is given). Its RoPE positions are the grid's right half:
-    columns ``w .. 2w-1``, exactly where joint mode puts them. ``run(fn, *args)`` runs each block
-    (plain, or :func:`checkpointed` while training)."""
+    ``reference``: ``[R, C, h, K*w]``, the clean reference strip (``references`` = K panels) in the
+    model's input space and compute dtype (the grid's reference panels). Its RoPE positions are those
+    panels': columns ``w .. (1 + K)w - 1``, exactly where joint mode puts them. ``bias``: the
+    references' attention among themselves (``core.reference_bias.one_way_parts``; None: all see all).
+    ``run(fn, *args)`` runs each block (plain, or :func:`checkpointed` while training)."""
     to = transformer_options if transformer_options is not None else {}
-    tokens, ids = dm.process_img(reference, w_offset=reference.shape[-1], transformer_options=to)
+    tokens, ids = dm.process_img(reference, w_offset=reference.shape[-1] // references, transformer_options=to)
     pe = dm.pe_embedder(ids[:1])
     x = dm.img_in(tokens)
     vec_double, vec_single = reference_modulation(dm, x.device, x.dtype)
     double, single = [], []
     for block in dm.double_blocks:
-        x, k, v = run(reference_double, block, x, vec_double, pe, to)
+        x, k, v = run(reference_double, block, x, vec_double, pe, to, bias)
         double.append(BlockKV(k, v))
     for block in dm.single_blocks:
-        x, k, v = run(reference_single, block, x, vec_single, pe, to)
+        x, k, v = run(reference_single, block, x, vec_single, pe, to, bias)
         single.append(BlockKV(k, v))
     return ReferenceKV(double, single)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core import layout
-from .patch import patch_model
+from .patch import patch_model, reference_strip
 
 
 @dataclass
@@ -22,34 +22,51 @@ class IdentityInputs:
     """What a sampler needs: the patched model, the H x 2W start latent and the target-half mask."""
 
     model: object              # ModelPatcher clone carrying the reference patch
-    latent: torch.Tensor       # [B, C, h, 2w]: zeros on the target half, the reference on the right
-    noise_mask: torch.Tensor   # [1, 1, h, 2w]: 1 on the target half (what gets sampled)
-    reference: torch.Tensor    # [R, C, h, w] the clean reference latent (VAE space)
+    latent: torch.Tensor       # [B, C, h, (1 + K)w]: zeros on the target panel, the references to its right
+    noise_mask: torch.Tensor   # [1, 1, h, (1 + K)w]: 1 on the target panel (what gets sampled)
+    reference: torch.Tensor    # [R, C, h, K*w] the clean reference strip (VAE space)
+    references: int = 1        # K
 
     @property
     def layout(self) -> layout.Layout:
-        return layout.Layout.of(self.latent)
+        return layout.Layout.of(self.latent, references=self.references)
 
     def as_latent_dict(self) -> dict:
-        """ComfyUI's LATENT for a sampler node."""
-        return {"samples": self.latent, "noise_mask": self.noise_mask}
+        """ComfyUI's LATENT for a sampler node (the reference count rides along: samplers copy the dict)."""
+        out = {"samples": self.latent, "noise_mask": self.noise_mask}
+        if self.references != 1:
+            out[layout.LATENT_KEY] = self.references
+        return out
 
 
-def identity_inputs(model, reference_latent: torch.Tensor, batch: int | None = None,
-                    reference_attention: str | None = None) -> IdentityInputs:
-    """Patch ``model`` with ``reference_latent`` (``[R, C, h, w]``, VAE space) and lay out a grid of
-    ``batch`` samples (default: one per reference). ``reference_attention``: ``joint``, ``one_way``, or
-    None for the mode ``model`` is tagged with (``engine.oneway.mode_of``; untagged: joint)."""
-    ref = reference_latent.detach()
-    start, mask = _start_grid(ref, batch)
-    return IdentityInputs(patch_model(model, ref, reference_attention), start, mask, ref)
+def _references(reference_latent) -> list[torch.Tensor]:
+    refs = [reference_latent] if isinstance(reference_latent, torch.Tensor) else list(reference_latent)
+    layout.check_references(len(refs))
+    return [r.detach() for r in refs]
 
 
-def _start_grid(ref: torch.Tensor, batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[zeros | reference]`` for ``batch`` samples (default: one per reference) and the target-half mask."""
-    batch = ref.shape[0] if batch is None else int(batch)
-    lay = layout.Layout(ref.shape[-2], ref.shape[-1])
-    start = layout.concat(torch.zeros((batch,) + tuple(ref.shape[1:]), dtype=ref.dtype, device=ref.device), ref)
+def identity_inputs(model, reference_latent, batch: int | None = None, reference_attention: str | None = None,
+                    controls=None) -> IdentityInputs:
+    """Patch ``model`` with ``reference_latent`` (``[R, C, h, w]``, VAE space; or a list of K such
+    latents for ``[target | ref_1 | ... | ref_K]``) and lay out a grid of ``batch`` samples (default:
+    one per reference picture). ``reference_attention``: ``joint``, ``one_way``, or None for the mode
+    ``model`` is tagged with (``engine.oneway.mode_of``; untagged: joint). ``controls``: one
+    ``core.reference_bias.ReferenceControl`` (strength, bound region) per reference."""
+    refs = _references(reference_latent)
+    start, mask = _start_grid(refs, batch)
+    patched = patch_model(model, refs[0] if len(refs) == 1 else refs, reference_attention, controls)
+    return IdentityInputs(patched, start, mask, reference_strip(refs), len(refs))
+
+
+def _start_grid(reference_latent, batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[zeros | ref_1 | ... | ref_K]`` for ``batch`` samples (default: one per reference picture)
+    and the target-panel mask."""
+    refs = _references(reference_latent)
+    ref = refs[0]
+    batch = max(r.shape[0] for r in refs) if batch is None else int(batch)
+    lay = layout.Layout(ref.shape[-2], ref.shape[-1], len(refs))
+    start = layout.concat(torch.zeros((batch,) + tuple(ref.shape[1:]), dtype=ref.dtype, device=ref.device),
+                          refs[0] if len(refs) == 1 else refs)
     return start, layout.target_mask(lay)
 
 
@@ -74,16 +91,17 @@ def _sample(model, latent, positive, negative, *, seed, steps, cfg, sampler, sch
 
 
 @torch.no_grad()
-def sample_identity(model, reference_latent: torch.Tensor, positive, negative, *, seed: int, steps: int,
+def sample_identity(model, reference_latent, positive, negative, *, seed: int, steps: int,
                     cfg: float = 1.0, sampler: str = "euler", scheduler: str = "simple", batch: int | None = None,
-                    noise: torch.Tensor | None = None, reference_attention: str | None = None) -> torch.Tensor:
-    """Generate targets for ``reference_latent``: the sampled H x 2W grid (VAE space).
+                    noise: torch.Tensor | None = None, reference_attention: str | None = None,
+                    controls=None) -> torch.Tensor:
+    """Generate targets for ``reference_latent`` (one latent or a list of K): the sampled grid (VAE space).
 
-    The reference half of the result is the reference itself; :func:`core.layout.split` takes the
-    target out. ``reference_attention`` as in :func:`identity_inputs`: a model trained by
+    The reference panels of the result are the references themselves; :func:`core.layout.split`
+    takes the target out. ``reference_attention`` and ``controls`` as in :func:`identity_inputs`: a model trained by
     ``training.trainer.train`` (its ``Components.model``) or loaded with ``engine.oneway.apply_lora_file``
     carries its mode, so None samples it the way it was trained."""
-    inputs = identity_inputs(model, reference_latent, batch, reference_attention)
+    inputs = identity_inputs(model, reference_latent, batch, reference_attention, controls)
     return _sample(inputs.model, inputs.latent, positive, negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                    scheduler=scheduler, noise_mask=inputs.noise_mask, noise=noise)
 
@@ -98,7 +116,7 @@ def sample_diptych_inpaint(model, reference_latent: torch.Tensor, positive, nega
     i.e. the diptych route of a plain model. The model never sees a clean reference next to a noisy
     target, which is what a base pre-trained on multi-view pictures knows; the patch's clean reference
     is what an identity LoRA learns to read. Returns the H x 2W grid (VAE space)."""
-    start, mask = _start_grid(reference_latent.detach(), batch)
+    start, mask = _start_grid(reference_latent, batch)
     return _sample(model, start, positive, negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                    scheduler=scheduler, noise_mask=mask, noise=noise)
 
