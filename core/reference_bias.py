@@ -15,10 +15,13 @@ grid. Two controls per reference ``j`` change who may attend to whom:
     attend to them;
   - the text does not attend to reference ``j`` (so the shared prompt cannot carry its colours to
     another region; reference ``j`` still reads the text);
-  - two bound references whose regions do not overlap do not attend to each other.
+  - two bound references whose regions do not overlap do not attend to each other, and neither do
+    the target tokens of those two regions (outside their overlap).
 
-  So character A's reference cannot colour character B, in any block, by any path. A reference with
-  no region is seen by every token, as without binding.
+  So in no attention layer does character A's reference, or A's region, reach B's region directly.
+  Tokens outside every region (the background) and the text still read both regions: over several
+  layers a trace of A can reach B through them (the leakage the toy world measures). A reference
+  with no region is seen by every token, as without binding.
 
 The bias is built once per grid size and shared by the batch (``[1, L, L]``); the sampler patch
 (``engine/patch.py``) passes it as FLUX's attention mask in joint mode, the one-way path
@@ -138,6 +141,13 @@ def bias(controls, *, text: int, rows: int, cols: int, extra: int = 0, device=No
             out[blocked_q.nonzero().flatten()[:, None], rows_j[None, :]] = BLOCKED
             # reference j does not read the target outside its region
             out[rows_j[:, None], (is_target & ~inside[j]).nonzero().flatten()[None, :]] = BLOCKED
+    bound = sorted(inside)
+    for a in bound:   # target tokens of two disjoint bound regions do not read each other
+        for b in bound:
+            if a != b and not (inside[a] & inside[b]).any():
+                only_a = (inside[a] & ~inside[b]).nonzero().flatten()
+                only_b = (inside[b] & ~inside[a]).nonzero().flatten()
+                out[only_a[:, None], only_b[None, :]] = BLOCKED
     return out.to(device=device, dtype=dtype).unsqueeze(0)
 
 

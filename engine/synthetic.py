@@ -80,10 +80,11 @@ def init_random_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> t
     return module
 
 
-def tiny_flux_config(family: str = "flux", hidden: int = 128, heads: int = 2, context: int = 32, vec: int = 32) -> dict:
-    """unet_config of a small FLUX-family DiT (one double + one single block)."""
+def tiny_flux_config(family: str = "flux", hidden: int = 128, heads: int = 2, context: int = 32, vec: int = 32,
+                     double: int = 1, single: int = 1) -> dict:
+    """unet_config of a small FLUX-family DiT (by default one double + one single block)."""
     base = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=context,
-                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=1, depth_single_blocks=1,
+                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=double, depth_single_blocks=single,
                 axes_dim=[16, 24, 24], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
     if family == "flux":
         return base
