@@ -42,9 +42,13 @@ _LORA_RE = re.compile(r"-step(\d{8})\.safetensors$")
 # LoRA files
 
 
-def lora_metadata(cfg, targets, step: int, model_hash: str, model_file: str | None) -> dict[str, str]:
-    """Strings only (safetensors metadata). Plain names, plus kohya's ``ss_*`` ones that LoRA browsers show."""
+def lora_metadata(cfg, targets, step: int, model_hash: str, model_file: str | None,
+                  references: tuple[int, int] | None = None) -> dict[str, str]:
+    """Strings only (safetensors metadata). Plain names, plus kohya's ``ss_*`` ones that LoRA browsers show.
+    ``references``: the fewest and most references of the training grids (``references`` key, "1" or "1-3")."""
+    lo, hi = references or ((1, 1) if cfg.mode == "identity" else (0, 0))
     return {
+        "references": (str(lo) if lo == hi else f"{lo}-{hi}") if cfg.mode == "identity" else "0",
         "format": "kohya-lora",
         "instruct_identity_version": FORMAT_VERSION,
         "mode": cfg.mode,
@@ -78,11 +82,12 @@ def gather_adapter(accelerator, module, diffusion_model) -> dict[str, torch.Tens
     return lora.adapter_state(diffusion_model)
 
 
-def save_lora(path: Path, adapter: dict, targets, cfg, step: int, model_hash: str, model_file: str | None) -> Path:
+def save_lora(path: Path, adapter: dict, targets, cfg, step: int, model_hash: str, model_file: str | None,
+              references: tuple[int, int] | None = None) -> Path:
     check_finite(adapter, f"LoRA {Path(path).name}", step)
     sd = lora.kohya_state_dict(None, targets, int(cfg.network_dim), float(cfg.network_alpha),
                                SAVE_DTYPES[cfg.save_precision], adapter=adapter)
-    atomic_save_safetensors(sd, Path(path), lora_metadata(cfg, targets, step, model_hash, model_file))
+    atomic_save_safetensors(sd, Path(path), lora_metadata(cfg, targets, step, model_hash, model_file, references))
     log.info("saved LoRA %s (step %d, %d modules)", path, step, len(targets))
     return Path(path)
 

@@ -7,6 +7,10 @@ are shuffled. Micro-step ``m`` is global batch ``m mod n`` of epoch ``m div n``;
 slice. So the data position of a run is one integer, and a resumed run continues exactly where the
 saved one stopped. The noise and timestep of a sample depend on (seed, micro-step, index in the global
 batch) only, which makes one process with batch 2 see what two processes with batch 1 see.
+
+Several references: a pair with K references joins the batches of K (buckets are (dataset, size, K));
+with ``reference_views`` each epoch draws, per pair, how many of its references and which (a function
+of (seed, epoch, pair) as well), so the grid ``[target | ref_1 | ... | ref_K]`` varies between epochs.
 """
 
 from __future__ import annotations
@@ -27,22 +31,32 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Item:
     target: str              # latent cache key
-    reference: str | None    # latent cache key (identity mode)
+    reference: str | None    # latent cache key (identity mode): the first reference
     text: str                # text cache key
     bucket: tuple[int, int]  # (width, height) in pixels
     dataset: int
     repeats: int
     source: str
+    extra_references: tuple[str, ...] = ()   # latent cache keys of references 2..K
+    views: tuple[int, int] | None = None     # draw lo..hi references per epoch (None: all)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return ((self.reference,) if self.reference is not None else ()) + tuple(self.extra_references)
 
 
 @dataclass
 class MicroBatch:
     target: torch.Tensor             # [B, C, h, w] VAE-space latents
-    reference: torch.Tensor | None   # [B, C, h, w]
+    reference: torch.Tensor | list | None   # [B, C, h, w]; K > 1 references: a list of K such tensors
     context: torch.Tensor            # [B, T, D]
     pooled: torch.Tensor | None      # [B, D]
     sample_ids: list[int]            # index of each sample in its global batch
     epoch: int
+
+    @property
+    def references(self) -> int:
+        return len(self.reference) if isinstance(self.reference, list) else 1
 
 
 class Encoders:
@@ -99,14 +113,15 @@ def build_items(pairs: list[Pair], specs: list[DatasetSpec], encoders: Encoders,
     for pair in pairs:
         bucket = choose_bucket(pair.size, specs[pair.dataset], buckets[pair.dataset])
         tk = latent_key(hashes(pair.target), bucket, encoders.vae_identity)
-        rk = latent_key(hashes(pair.reference), bucket, encoders.vae_identity) if pair.reference is not None else None
+        rks = [latent_key(hashes(r), bucket, encoders.vae_identity) for r in pair.references]
         ck = text_key(pair.caption, encoders.text_identity)
-        for key, path in ((tk, pair.target), (rk, pair.reference)):
-            if key is not None and not latents.valid(key):
+        for key, path in [(tk, pair.target), *zip(rks, pair.references)]:
+            if not latents.valid(key):
                 todo_latent[key] = (path, bucket)
         if not texts.valid(ck):
             todo_text[ck] = pair.caption
-        items.append(Item(tk, rk, ck, bucket, pair.dataset, pair.repeats, pair.source))
+        items.append(Item(tk, rks[0] if rks else None, ck, bucket, pair.dataset, pair.repeats, pair.source,
+                          tuple(rks[1:]), pair.views))
     n_lat, n_txt = len(todo_latent), len(todo_text)
     log.info("cache: %d latents and %d captions to encode (%d items; the rest reused)", n_lat, n_txt, len(items))
     if todo_text:
@@ -140,20 +155,41 @@ class TrainData:
         self.items, self.specs, self.latents, self.texts = items, specs, latents, texts
         self.seed, self.world = int(seed), int(world)
         self._plans: dict[int, list[list[int]]] = {}
+        self._views: dict[int, dict[int, tuple[int, ...]]] = {}
         self.batches_per_epoch = len(self.plan(0))
 
     def global_batch(self, dataset: int) -> int:
         return self.specs[dataset].batch_size * self.world
 
+    @property
+    def reference_range(self) -> tuple[int, int]:
+        """The fewest and most references a training grid holds (0, 0 in grid mode)."""
+        ks = [k for it in self.items for k in (range(it.views[0], min(it.views[1], len(it.references)) + 1)
+                                                  if it.views else [len(it.references)])]
+        return (min(ks), max(ks)) if ks else (0, 0)
+
+    def views(self, epoch: int, index: int) -> tuple[int, ...]:
+        """Which of item ``index``'s references (in order) its grids use in ``epoch``."""
+        it = self.items[index]
+        if it.views is None:
+            return tuple(range(len(it.references)))
+        per_epoch = self._views.setdefault(epoch, {})
+        if index not in per_epoch:
+            rng = random.Random(f"{self.seed}:{epoch}:views:{index}")
+            lo, hi = it.views[0], min(it.views[1], len(it.references))
+            per_epoch[index] = tuple(rng.sample(range(len(it.references)), rng.randint(lo, hi)))
+        return per_epoch[index]
+
     def plan(self, epoch: int) -> list[list[int]]:
         if epoch in self._plans:
             return self._plans[epoch]
+        self._views = {e: v for e, v in self._views.items() if e == epoch}
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(self.items):
-            groups.setdefault((it.dataset, it.bucket), []).extend([i] * it.repeats)
+            groups.setdefault((it.dataset, it.bucket, len(self.views(epoch, i))), []).extend([i] * it.repeats)
         chunks: list[list[int]] = []
-        for (d, bucket), idx in sorted(groups.items()):
-            rng = random.Random(f"{self.seed}:{epoch}:{d}:{bucket}")
+        for (d, bucket, k), idx in sorted(groups.items()):
+            rng = random.Random(f"{self.seed}:{epoch}:{d}:{bucket}" + (f":{k}" if k > 1 else ""))
             idx = idx[:]
             rng.shuffle(idx)
             size = self.global_batch(d)
@@ -180,14 +216,19 @@ class TrainData:
         target = torch.stack([self.latents.get(it.target)["latent"] for it in items])
         reference = None
         if items[0].reference is not None:
-            reference = torch.stack([self.latents.get(it.reference)["latent"] for it in items])
+            chosen = [[it.references[v] for v in self.views(epoch, chunk[i])] for it, i in zip(items, ids)]
+            panels = [torch.stack([self.latents.get(keys[j])["latent"] for keys in chosen]) for j in range(len(chosen[0]))]
+            reference = panels[0] if len(panels) == 1 else panels
         texts = [self.texts.get(it.text) for it in items]
         context = _pad_stack([t["cond"] for t in texts])
         pooled = torch.stack([t["pooled"] for t in texts]) if "pooled" in texts[0] else None
         mb = MicroBatch(target, reference, context, pooled, ids, epoch)
         if device is not None:
             mb.target = mb.target.to(device)
-            mb.reference = mb.reference.to(device) if mb.reference is not None else None
+            if isinstance(mb.reference, list):
+                mb.reference = [r.to(device) for r in mb.reference]
+            elif mb.reference is not None:
+                mb.reference = mb.reference.to(device)
             mb.context = mb.context.to(device)
             mb.pooled = mb.pooled.to(device) if mb.pooled is not None else None
         return mb

@@ -17,6 +17,13 @@ Dataset TOML (kohya's shape; every key may sit in ``[general]``, a ``[[datasets]
 
       [[datasets.subsets]]
       manifest = "pairs.jsonl"               # {"reference": ..., "target": ..., "caption": ...} per line
+      reference_views = [1, 3]               # optional: lines with "references": [a, b, c] (several views of
+                                             # the character) use 1..3 of them, drawn anew each epoch
+
+A manifest line may give several references, ``"references": ["front.png", "back.png"]``: the grid
+is then ``[target | ref_1 | ... | ref_K]`` (``core.layout``). Without ``reference_views`` every listed
+reference is used; with it (an int K or ``[lo, hi]``) each epoch draws that many of them, in random
+order, per pair. Batches hold pairs of one bucket and one K.
 
 Grid mode needs no reference (``image_dir`` + captions, or manifest lines with ``target``/``image``).
 Every pair is checked before training (missing files, unreadable images, empty captions, reference and
@@ -45,7 +52,7 @@ SPATIAL_MULTIPLE = 16  # FLUX: VAE downscale 8 x patch 2
 DATASET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                 "bucket_no_upscale", "batch_size")
 SUBSET_KEYS = ("image_dir", "conditioning_data_dir", "reference_dir", "manifest", "caption_extension", "num_repeats",
-               "allow_size_mismatch")
+               "allow_size_mismatch", "reference_views")
 KOHYA_UNSUPPORTED = {
     "class_tokens": "every pair needs its own caption",
     "keep_tokens": "captions are encoded once and cached",
@@ -73,6 +80,12 @@ class Pair:
     repeats: int = 1
     size: tuple[int, int] = (0, 0)            # target (width, height), filled by the check
     allow_size_mismatch: bool = False
+    extra_references: list[Path] = field(default_factory=list)   # references 2..K (several views)
+    views: tuple[int, int] | None = None      # draw lo..hi of the references each epoch (None: all of them)
+
+    @property
+    def references(self) -> list[Path]:
+        return ([self.reference] if self.reference is not None else []) + list(self.extra_references)
 
 
 @dataclass
@@ -112,6 +125,7 @@ class Report:
     def to_json(self) -> str:
         return json.dumps({"usable": len(self.pairs), "skipped": [asdict(p) for p in self.problems],
                            "pairs": [{"target": str(p.target), "reference": str(p.reference) if p.reference else None,
+                                      **({"references": [str(r) for r in p.references]} if p.extra_references else {}),
                                       "caption": p.caption, "source": p.source} for p in self.pairs]}, indent=1)
 
 
@@ -177,7 +191,8 @@ def read_dataset(path: str | Path, defaults: dict, mode: str) -> tuple[list[Data
         raise InputError("dataset_config", f"{path} does not exist.", "Point it at a dataset TOML or a JSONL manifest.")
     if path.suffix.lower() in (".jsonl", ".json"):
         spec = _spec(defaults, "dataset")
-        pairs, problems = read_manifest(path, mode, dataset=0, repeats=1, allow_mismatch=bool(defaults["allow_size_mismatch"]))
+        pairs, problems = read_manifest(path, mode, dataset=0, repeats=1, allow_mismatch=bool(defaults["allow_size_mismatch"]),
+                                        views=reference_views(defaults.get("reference_views"), "reference_views"))
         return [spec], pairs, problems
     try:
         raw = toml.loads(path.read_text(encoding="utf-8"))
@@ -207,8 +222,10 @@ def read_dataset(path: str | Path, defaults: dict, mode: str) -> tuple[list[Data
             if repeats < 1:
                 raise InputError(f"{swhere}.num_repeats", f"{repeats} must be at least 1.")
             allow = bool(sv.get("allow_size_mismatch", False))
+            views = reference_views(sv.get("reference_views"), f"{swhere}.reference_views")
             if "manifest" in sub:
-                p, q = read_manifest(_path(base, sub["manifest"]), mode, dataset=di, repeats=repeats, allow_mismatch=allow)
+                p, q = read_manifest(_path(base, sub["manifest"]), mode, dataset=di, repeats=repeats, allow_mismatch=allow,
+                                     views=views)
             elif "image_dir" in sub:
                 ref_dir = sub.get("conditioning_data_dir", sub.get("reference_dir"))
                 if mode == "identity" and ref_dir is None:
@@ -230,8 +247,47 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def read_manifest(path: Path, mode: str, *, dataset: int, repeats: int, allow_mismatch: bool) -> tuple[list[Pair], list[Problem]]:
-    """JSONL: one ``{"reference", "target", "caption"}`` object per line, paths relative to the manifest."""
+def reference_views(value, where: str) -> tuple[int, int] | None:
+    """``reference_views`` as (lo, hi): an int K is (K, K); None stays None (use every reference)."""
+    from ..core import layout
+
+    if value is None or value == 0:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        lo, hi = int(value[0]), int(value[1])
+    else:
+        raise InputError(where, f"{value!r} is not a number of views.", "Use an int K or [lo, hi], e.g. [1, 3].")
+    if lo > hi:
+        raise InputError(where, f"{lo} is more than {hi}.", "Write [lo, hi] with lo <= hi.")
+    layout.check_references(lo, where)
+    layout.check_references(hi, where)
+    return lo, hi
+
+
+def _reference_fields(row: dict, mode: str) -> tuple[list | None, str | None]:
+    """The references of one manifest line (None: none given) and a problem, if any."""
+    one, many = row.get("reference"), row.get("references")
+    if mode != "identity":
+        return None, None
+    if one is not None and many is not None:
+        return None, "both reference and references are given (use one of them)"
+    if many is not None:
+        if not isinstance(many, list) or not many or not all(isinstance(r, str) and r for r in many):
+            return None, "references is not a non-empty list of file names"
+        from ..core import limits
+
+        if len(many) > limits.MAX_REFERENCES:
+            return None, f"{len(many)} references, more than the {limits.MAX_REFERENCES} one grid may hold"
+        return many, None
+    return ([one] if one is not None else None), None
+
+
+def read_manifest(path: Path, mode: str, *, dataset: int, repeats: int, allow_mismatch: bool,
+                  views: tuple[int, int] | None = None) -> tuple[list[Pair], list[Problem]]:
+    """JSONL: one ``{"reference" (or "references": [...]), "target", "caption"}`` object per line, paths
+    relative to the manifest."""
     if not path.is_file():
         raise InputError("manifest", f"{path} does not exist.", "Point it at a JSONL file of (reference, target, caption).")
     pairs, problems = [], []
@@ -248,16 +304,25 @@ def read_manifest(path: Path, mode: str, *, dataset: int, repeats: int, allow_mi
             problems.append(Problem(where, [f"not a JSON object ({e})"], []))
             continue
         target = row.get("target", row.get("image"))
-        reference = row.get("reference")
+        refs, bad = _reference_fields(row, mode)
         caption = row.get("caption")
+        if bad:
+            problems.append(Problem(where, [bad], []))
+            continue
         missing = [k for k, v in (("target", target), ("caption", caption)) if v is None]
-        if mode == "identity" and reference is None:
+        if mode == "identity" and refs is None:
             missing.append("reference")
         if missing:
             problems.append(Problem(where, [f"no {', '.join(missing)} field"], []))
             continue
-        pairs.append(Pair(_path(base, str(target)), _path(base, str(reference)) if reference is not None and mode == "identity" else None,
-                          str(caption), where, dataset, repeats, allow_size_mismatch=allow_mismatch))
+        paths = [_path(base, str(r)) for r in refs] if refs else []
+        if views is not None and len(paths) < views[0]:
+            problems.append(Problem(where, [f"{len(paths)} reference(s), fewer than the {views[0]} views reference_views "
+                                            "asks for"], [str(p) for p in paths]))
+            continue
+        pairs.append(Pair(_path(base, str(target)), paths[0] if paths else None, str(caption), where, dataset, repeats,
+                          allow_size_mismatch=allow_mismatch, extra_references=paths[1:],
+                          views=views if views is not None and paths else None))
     return pairs, problems
 
 
@@ -318,11 +383,12 @@ def check(pairs: list[Pair], problems: list[Problem] | None = None) -> Report:
 
     for pair in pairs:
         issues: list[str] = []
-        files = [str(pair.target)] + ([str(pair.reference)] if pair.reference is not None else [])
+        files = [str(pair.target)] + [str(r) for r in pair.references]
         got = {}
-        for role, p in (("target", pair.target), ("reference", pair.reference)):
-            if role == "reference" and p is None:
-                continue
+        many = len(pair.references) > 1
+        roles = [("target", pair.target)] + [(f"reference {j + 1}" if many else "reference", r)
+                                             for j, r in enumerate(pair.references)]
+        for role, p in roles:
             if not p.is_file():
                 issues.append(f"missing {role} file {p}")
                 continue
@@ -333,11 +399,10 @@ def check(pairs: list[Pair], problems: list[Problem] | None = None) -> Report:
                 got[role] = s
         if not pair.caption.strip():
             issues.append("empty caption")
-        if ("target" in got and "reference" in got and got["target"] != got["reference"]
-                and not pair.allow_size_mismatch):
-            issues.append(f"size mismatch: target {got['target'][0]}x{got['target'][1]}, reference "
-                          f"{got['reference'][0]}x{got['reference'][1]} (set allow_size_mismatch = true to "
-                          "resize both to the same bucket)")
+        for role, size in got.items():
+            if (role != "target" and "target" in got and got["target"] != size and not pair.allow_size_mismatch):
+                issues.append(f"size mismatch: target {got['target'][0]}x{got['target'][1]}, {role} "
+                              f"{size[0]}x{size[1]} (set allow_size_mismatch = true to resize both to the same bucket)")
         if issues:
             report.problems.append(Problem(pair.source, issues, files))
         else:

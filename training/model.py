@@ -211,10 +211,10 @@ class FluxForward:
         return t.clone()
 
     def __call__(self, module, x: torch.Tensor, sigmas: torch.Tensor, context: torch.Tensor,
-                 pooled: torch.Tensor | None) -> torch.Tensor:
+                 pooled: torch.Tensor | None, references: int = 1) -> torch.Tensor:
         options = {"patches_replace": {"dit": dict(self.patches)}} if self.patches else {}
         if self.one_way is not None:
-            options = self.one_way()
+            options = self.one_way(references)
         guidance = torch.full((x.shape[0],), self.guidance, device=x.device, dtype=torch.float32) if self.has_guidance else None
         if self.dtype is not None:  # as ComfyUI's BaseModel._apply_model does; the timestep stays fp32
             x, context = x.to(self.dtype), context.to(self.dtype)

@@ -75,17 +75,19 @@ def sample_sigmas(method: str, u_normal: torch.Tensor, u_uniform: torch.Tensor, 
     raise ValueError(f"unknown timestep_sampling {method!r}")
 
 
-def grid_tokens(height: int, width: int, patch_size: int, mode: str) -> int:
-    """Image tokens the model sees for a target latent of ``height`` x ``width``."""
+def grid_tokens(height: int, width: int, patch_size: int, mode: str, references: int = 1) -> int:
+    """Image tokens the model sees for a target latent of ``height`` x ``width`` (and ``references``
+    reference panels in identity mode)."""
     if mode == "identity":
-        return layout.Layout(height, width).token_count(patch_size)
+        return layout.Layout(height, width, references).token_count(patch_size)
     return math.ceil(height / patch_size) * math.ceil(width / patch_size)
 
 
-def noise_shape(target: torch.Tensor, mode: str) -> tuple[int, ...]:
-    """Identity mode draws noise over the whole H x 2W grid (the paper's z_1), grid mode over the image."""
+def noise_shape(target: torch.Tensor, mode: str, references: int = 1) -> tuple[int, ...]:
+    """Identity mode draws noise over the whole grid (the paper's z_1: H x 2W with one reference,
+    H x (1 + K)W with K), grid mode over the image."""
     c, h, w = target.shape[-3:]
-    return (c, h, 2 * w) if mode == "identity" else (c, h, w)
+    return (c, h, (1 + references) * w) if mode == "identity" else (c, h, w)
 
 
 @dataclass
@@ -95,9 +97,10 @@ class FlowInputs:
     mask: torch.Tensor | None      # mu (None: full loss)
 
 
-def flow_inputs(target: torch.Tensor, reference: torch.Tensor | None, noise: torch.Tensor, sigmas: torch.Tensor,
+def flow_inputs(target: torch.Tensor, reference, noise: torch.Tensor, sigmas: torch.Tensor,
                 mode: str, loss: str) -> FlowInputs:
-    """Model input, velocity target and loss mask for one batch (latents in the model's space)."""
+    """Model input, velocity target and loss mask for one batch (latents in the model's space).
+    ``reference``: one reference latent, or a list of K (``[target | ref_1 | ... | ref_K]``)."""
     s = sigmas.to(target.dtype).view(-1, 1, 1, 1)
     if mode == "identity":
         if reference is None:
@@ -105,13 +108,14 @@ def flow_inputs(target: torch.Tensor, reference: torch.Tensor | None, noise: tor
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
         x0 = layout.concat(target, reference)
-        lay = layout.Layout.of(x0)
+        lay = layout.Layout.of(x0, references=len(reference) if isinstance(reference, (list, tuple)) else 1)
         if loss == "full_noised":
             return FlowInputs((1 - s) * x0 + s * noise, noise - x0, None)
         noisy_target = (1 - s) * target + s * noise[..., lay.target]
         model_input = layout.concat(noisy_target, reference)
         if loss == "full_consistent":
-            velocity = layout.concat(noise[..., lay.target] - target, torch.zeros_like(reference))
+            velocity = layout.with_reference(layout.concat(noise[..., lay.target] - target, reference),
+                                             torch.zeros_like(x0[..., lay.reference]))
             return FlowInputs(model_input, velocity, None)
         mask = layout.target_mask(lay, device=target.device) if loss == "masked" else None
         return FlowInputs(model_input, noise - x0, mask)

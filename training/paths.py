@@ -148,7 +148,7 @@ class PathPolicy:
     def check_pairs(self, pairs) -> None:
         """Every picture a dataset names (before any is opened)."""
         for pair in pairs:
-            for p in (pair.target, pair.reference):
+            for p in (pair.target, *pair.references):
                 if p is not None:
                     self.check_read(p, f"dataset_config ({pair.source})")
 

@@ -79,20 +79,25 @@ def step_loss(cfg: TrainConfig, patcher, forward: FluxForward, module, mb: Micro
     base = patcher.model
     device = mb.target.device
     x0 = base.process_latent_in(mb.target.float())
-    ref = base.process_latent_in(mb.reference.float()) if mb.reference is not None else None
-    shape = objective.noise_shape(x0, cfg.mode)
+    ref = None
+    if isinstance(mb.reference, list):
+        ref = [base.process_latent_in(r.float()) for r in mb.reference]
+    elif mb.reference is not None:
+        ref = base.process_latent_in(mb.reference.float())
+    k = mb.references
+    shape = objective.noise_shape(x0, cfg.mode, k)
     u_n, u_u, noise = [], [], []
     for sid in mb.sample_ids:
         g = sample_generator(cfg.seed, micro_step, sid)
         u_u.append(torch.rand((), generator=g))
         u_n.append(torch.randn((), generator=g))
         noise.append(torch.randn(shape, generator=g))
-    tokens = objective.grid_tokens(x0.shape[-2], x0.shape[-1], patch_size, cfg.mode)
+    tokens = objective.grid_tokens(x0.shape[-2], x0.shape[-1], patch_size, cfg.mode, k)
     sigmas = objective.sample_sigmas(cfg.timestep_sampling, torch.stack(u_n), torch.stack(u_u),
                                      sigmoid_scale=cfg.sigmoid_scale, shift=cfg.discrete_flow_shift, tokens=tokens)
     sigmas = sigmas.to(device)
     inputs = objective.flow_inputs(x0, ref, torch.stack(noise).to(device), sigmas, cfg.mode, cfg.loss)
-    prediction = forward(module, inputs.model_input, sigmas, mb.context, mb.pooled)
+    prediction = forward(module, inputs.model_input, sigmas, mb.context, mb.pooled, references=k)
     return objective.flow_loss(prediction, inputs)
 
 
@@ -180,7 +185,7 @@ def save(run: Run, final: bool) -> None:
         path = (run.out_dir / f"{cfg.output_name}.safetensors" if final
                 else checkpoints.step_lora_path(run.out_dir, cfg.output_name, run.step))
         run.result.lora_path = checkpoints.save_lora(path, adapter, run.targets, cfg, run.step, run.model_hash,
-                                                     run.model_file)
+                                                     run.model_file, run.data.reference_range)
         if not final:
             checkpoints.prune_step_loras(run.out_dir, cfg.output_name, run.step, cfg.save_last_n_steps)
         run.losslog.plot()
