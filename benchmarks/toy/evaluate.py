@@ -138,9 +138,11 @@ _NAMES = list(sprites.PALETTE)
 _PALETTE = np.array([sprites.PALETTE[n] for n in _NAMES], np.float32) / 255.0
 
 
-def part_colors(out: np.ndarray, item: EvalItem) -> tuple[float, float, int]:
-    """(correct parts, summed RGB error, parts) for one output against its ground truth."""
-    correct, err, n = 0, 0.0, 0
+def part_guesses(out: np.ndarray, item: EvalItem) -> dict[str, tuple[str | None, float]]:
+    """Per body part the character has: the palette colour the output's mean colour inside the
+    ground-truth part mask is nearest to (None: white background), and the RGB distance of that mean
+    to the ground truth's mean there."""
+    out_parts = {}
     gt = item.target.astype(np.float32) / 255.0
     char = item.pair.char
     for part, mask in item.target_masks.items():
@@ -153,10 +155,19 @@ def part_colors(out: np.ndarray, item: EvalItem) -> tuple[float, float, int]:
         dark = float((item.target[mask] != np.array(sprites.PALETTE[true], np.uint8)).any(-1).mean())
         cands = np.concatenate([_PALETTE * (1 - 0.55 * dark), np.ones((1, 3), np.float32)])
         guess = int(np.argmin(((cands - out_mean) ** 2).sum(-1)))
-        correct += int(guess < len(_NAMES) and _NAMES[guess] == true)
-        err += float(np.linalg.norm(out_mean - gt_mean))
-        n += 1
-    return correct, err, n
+        out_parts[part] = (_NAMES[guess] if guess < len(_NAMES) else None, float(np.linalg.norm(out_mean - gt_mean)))
+    return out_parts
+
+
+def true_color(char: sprites.Character, part: str) -> str:
+    return getattr(char, part) if part != "hat" else char.hat
+
+
+def part_colors(out: np.ndarray, item: EvalItem) -> tuple[float, float, int]:
+    """(correct parts, summed RGB error, parts) for one output against its ground truth."""
+    guesses = part_guesses(out, item)
+    correct = sum(int(g == true_color(item.pair.char, part)) for part, (g, _) in guesses.items())
+    return correct, sum(e for _, e in guesses.values()), len(guesses)
 
 
 def _upscale(rgb: np.ndarray, k: int = 4) -> np.ndarray:

@@ -428,6 +428,10 @@ def render(results: dict, images_rel: str) -> str:
                          f"{fmt(h['part_color_acc'], h.get('part_color_acc_se'))} | {fmt(h['sil_iou'])} | "
                          f"{', '.join(h['keys'])} |")
         lines.append("")
+    if results.get("multi"):
+        from .multi_report import section
+
+        lines += section(results["multi"], images_rel)
     lines += ["## Deviations from the paper", "",
               "* Scale: a 32 px procedural world and a ~4M-parameter FLUX-architecture model pre-trained here for "
               "minutes (not FLUX.1-dev); small LoRAs for hundreds to a few thousand steps (paper: r = 512, 10,000 "
