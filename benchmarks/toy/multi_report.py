@@ -47,9 +47,16 @@ def findings(multi: dict) -> list[str]:
     if keys and st[keys[0]] and st[keys[-1]]:
         accs = [st[x]["part_color_acc"]["mean"] for x in keys if st[x]]
         mono = all(a <= b + 1e-9 for a, b in zip(accs, accs[1:]))
-        out.append(f"Strength dial: part colour accuracy goes from {accs[0]:.3f} at {keys[0]} to {accs[-1]:.3f} at "
+        out.append(f"Strength dial (views-1 LoRAs): part colour accuracy goes from {accs[0]:.3f} at {keys[0]} to {accs[-1]:.3f} at "
                    f"{keys[-1]} ({'monotone' if mono else 'not monotone'} over " + ", ".join(keys) + "); silhouette "
                    f"IoU (prompt following) from {st[keys[0]]['sil_iou']['mean']:.3f} to {st[keys[-1]]['sil_iou']['mean']:.3f}.")
+    sh = s.get("shipped") or {}
+    keys_sh = [k for k in keys if f"strength.{k}" in sh]
+    if keys_sh:
+        accs = [sh[f"strength.{k}"]["part_color_acc"]["mean"] for k in keys_sh]
+        out.append("Strength dial on the shipped LoRA: part colour accuracy " + ", ".join(
+            f"{a:.3f} at {k}" for a, k in zip(accs, keys_sh)) + "; silhouette IoU " + ", ".join(
+            f"{sh[f'strength.{k}']['sil_iou']['mean']:.3f}" for k in keys_sh) + ".")
     return out
 
 
@@ -72,6 +79,11 @@ def section(multi: dict, images_rel: str) -> list[str]:
             row = [s["views"].get(f"{lora}.{split}.K{k}") or {} for k in p["views"]]
             lines.append(f"| {lora} | {split} | " + " | ".join(_ms(r.get("part_color_acc")) for r in row) + " | "
                          + " | ".join(_ms(r.get("sil_iou")) for r in row) + " |")
+    for split in ("distinct", "near"):   # the demo's LoRA, one seed: trained on one reference for 2400 steps
+        row = [(s.get("shipped") or {}).get(f"{split}.K{k}") or {} for k in p["views"]]
+        if any(row):
+            lines.append(f"| shipped (2400 steps, 1 seed) | {split} | " + " | ".join(_ms(r.get("part_color_acc")) for r in row)
+                         + " | " + " | ".join(_ms(r.get("sil_iou")) for r in row) + " |")
     lines += ["", "| paired comparison | part colour accuracy |", "|---|---|"]
     lines += [f"| {k} | {_pm(v)} |" for k, v in s["comparisons"].items() if k.startswith("views")]
     lines += ["", *_img(multi, f"views-1to3/views-K{max(p['views'])}", images_rel, "several views"),
@@ -85,12 +97,15 @@ def section(multi: dict, images_rel: str) -> list[str]:
     lines += ["", *_img(multi, "two-characters/unbound", images_rel, "two characters, unbound"),
               *_img(multi, "two-characters/bound", images_rel, "two characters, bound"),
               "### The strength dial (single-reference LoRA, distinct split)", "",
-              "| strength | part colour accuracy | silhouette IoU |", "|---|---|---|"]
+              "| strength | views-1: part colour accuracy | views-1: silhouette IoU | shipped LoRA: part colour "
+              "accuracy | shipped LoRA: silhouette IoU |", "|---|---|---|---|---|"]
     for key in sorted(s["strength"], key=float):
         r = s["strength"][key] or {}
-        lines.append(f"| {key} | {_ms(r.get('part_color_acc'))} | {_ms(r.get('sil_iou'))} |")
+        sh = (s.get("shipped") or {}).get(f"strength.{key}") or {}
+        lines.append(f"| {key} | {_ms(r.get('part_color_acc'))} | {_ms(r.get('sil_iou'))} | "
+                     f"{_ms(sh.get('part_color_acc'))} | {_ms(sh.get('sil_iou'))} |")
     lines += [""]
     for key in sorted(s["strength"], key=float):
-        lines += _img(multi, f"views-1/strength-{key}", images_rel, f"strength {key}")
+        lines += _img(multi, f"shipped/strength-{key}", images_rel, f"strength {key}")
     lines += ["### What it shows", "", *[f"* {f}" for f in findings(multi)], ""]
     return lines

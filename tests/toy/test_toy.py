@@ -256,3 +256,63 @@ def test_lora_settings_reach_the_trainer_and_a_run_can_override_them(tmp_path):
         assert (cfg.timestep_sampling, cfg.discrete_flow_shift) == expect
         assert (cfg.learning_rate, cfg.max_train_steps, cfg.network_dim) == (5e-3, 5, 4)
         assert (cfg.lr_scheduler, cfg.lr_warmup_steps) == ("cosine", 0.2)
+
+
+# --------------------------------------------------------------------------------------------------
+# several references (benchmarks.toy.multi, issue 21)
+
+
+def test_scene_metrics_on_oracles(toy):
+    """The ground-truth scene scores every part right and leaks nothing; the scene with the two
+    characters' colours swapped leaks every part."""
+    from instruct_identity.benchmarks.toy import multi
+
+    p = multi.PROFILES["quick"]
+    items = multi.scene_items(p, 0)
+    for it in items:
+        assert multi.distinct_parts(it.a.pair.char, it.b.pair.char)
+        assert not (toy[2].silhouette(it.a.target_masks) & toy[2].silhouette(it.b.target_masks)).any()
+    truth = np.stack([it.a.target.astype(np.float32) / 255 for it in items])
+    ok = multi.score_scenes(truth, items)
+    assert ok["part_color_acc"]["mean"] == 1.0 and ok["leakage"]["mean"] == 0.0 and ok["sil_iou"]["mean"] == 1.0
+    swapped = []
+    for it in items:
+        a, b = it.a.pair, it.b.pair
+        swapped.append(multi.render_scene(b.char, a.char, a.tgt_pose, b.tgt_pose, p.size)[0].astype(np.float32) / 255)
+    bad = multi.score_scenes(np.stack(swapped), items)
+    # parts whose masks the two figures share the shape of are read in the other's colour
+    assert bad["leakage"]["mean"] > 0.5 and bad["part_color_acc"]["mean"] < 0.5
+
+
+def test_views_items_show_one_character_from_other_poses(toy):
+    from instruct_identity.benchmarks.toy import multi
+
+    items = multi.views_items(multi.PROFILES["quick"], "distinct", 0)
+    for it in items:
+        assert len(it.views) == 3 and np.array_equal(it.views[0], it.item.reference)
+        assert len({v.tobytes() for v in it.views}) == 3 and not any(np.array_equal(v, it.item.target) for v in it.views)
+
+
+@pytest.mark.slow
+def test_multi_quick_profile_end_to_end(tmp_path, comfy):
+    """Every LoRA of the several-reference measurement trains through the pack's trainer, is
+    evaluated, and the JSON, the pictures and the report section come out; a rerun trains nothing."""
+    from instruct_identity.benchmarks.toy import multi
+
+    work = tmp_path / "multi"
+    args = ["--quick", "--work", str(work), "--workers", "1"]
+    assert multi.main(args) == 0
+    res = json.loads((work / "results.json").read_text())["multi"]
+    loras = {r["lora"] for r in res["runs"]}
+    assert loras == set(multi.LORAS) | {multi.SHIPPED}
+    s = res["summary"]
+    assert set(s["two_characters"]) == {"unbound", "bound"} and len(s["strength"]) == len(multi.PROFILES["quick"].strengths)
+    for r in res["runs"]:
+        if r["lora"] != multi.SHIPPED:
+            assert r["train"]["steps"] == multi.PROFILES["quick"].steps
+    assert all((work / "images" / name).is_file() for name in res["images"].values())
+    text = (work / "report.md").read_text()
+    assert "## Several references" in text and "leakage" in text and "strength" in text
+    assert multi.main(args) == 0
+    again = json.loads((work / "results.json").read_text())["multi"]
+    assert all(r.get("cached") for r in again["runs"])
