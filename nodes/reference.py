@@ -10,8 +10,9 @@ import node_helpers
 import torch
 from comfy_api.latest import io, ui
 
-from ..core import images, layout
+from ..core import images, layout, limits
 from ..core.errors import InputError
+from ..core.reference_bias import ReferenceControl, check_strength
 from ..engine import oneway
 from ..engine.patch import ROUTE_FILL, ROUTE_LORA, ROUTES, model_info
 from ..engine.sampling import identity_inputs
@@ -27,6 +28,26 @@ ROUTE_TOOLTIP = ("auto: fill for FLUX.1 Fill models; otherwise lora, one-way if 
                  "recomputed at every step, ~2x the cost). lora_one_way: for LoRAs trained with reference_attention "
                  "= one_way: the reference is computed once and reused (~1.05-1.2x the cost of plain text-to-image).")
 MAX_SIDE = 8192
+ReferencesIO = io.Custom("II_REFERENCES")   # the chain of Add Reference nodes
+
+
+@dataclass(frozen=True)
+class ExtraReference:
+    """One reference appended by *Add Reference*: the picture, its strength, the region it is bound to."""
+
+    image: torch.Tensor
+    strength: float = 1.0
+    region: torch.Tensor | None = None
+
+
+def add_reference(chain, image, strength: float = 1.0, region=None) -> tuple[ExtraReference, ...]:
+    """``chain`` (a tuple of :class:`ExtraReference`, or None) with one more reference (a new tuple:
+    ComfyUI caches node outputs, so the chain is never changed in place)."""
+    if image is None:
+        raise InputError("image", "no picture is connected.", "Connect a Load Image with the reference.")
+    chain = tuple(chain or ())
+    layout.check_references(len(chain) + 2, "references")   # the Reference node's own picture comes first
+    return chain + (ExtraReference(image, check_strength(strength), region),)
 
 
 @dataclass
@@ -38,17 +59,28 @@ class PreparedReference:
     route: str
     width: int
     height: int
-    preview: torch.Tensor  # the diptych as it will be sampled: [placeholder target | reference]
+    preview: torch.Tensor  # the grid as it will be sampled: [placeholder target | ref_1 | ... | ref_K]
     notes: list[str] = field(default_factory=list)
     attention: str = oneway.JOINT
+    controls: tuple = ()   # core.reference_bias.ReferenceControl per reference
+
+    @property
+    def references(self) -> int:
+        return max(1, len(self.controls))
 
     @property
     def info(self) -> str:
         how = ("FLUX Fill diptych" if self.route == ROUTE_FILL else "reference in the model input" if
                self.attention == oneway.JOINT else "one-way reference attention: the reference is computed once and reused")
+        k = self.references
         head = (f"route: {self.route} ({how}), "
-                f"target {self.width}x{self.height} px, grid {2 * self.width}x{self.height} px, batch {self.latent['samples'].shape[0]}")
-        return "\n".join([head, *self.notes])
+                f"target {self.width}x{self.height} px, grid {(1 + k) * self.width}x{self.height} px, batch {self.latent['samples'].shape[0]}")
+        lines = [head]
+        if k > 1 or any(not c.neutral for c in self.controls):
+            lines.append(f"{k} reference(s): " + ", ".join(
+                f"#{j + 1} strength {c.strength:g}" + (" bound to a region" if c.region is not None else "")
+                for j, c in enumerate(self.controls)))
+        return "\n".join(lines + self.notes)
 
 
 def zero_conditioning(conditioning: list) -> list:
@@ -92,8 +124,10 @@ def _encode(vae, pixels: torch.Tensor, channels: int) -> torch.Tensor:
 
 def prepare_reference(model, vae, positive, image, *, negative=None, width: int = 0, height: int = 0, fit: str = "pad",
                       pad_color: str = "#ffffff", batch_size: int = 1, route: str = ROUTE_AUTO, guidance: float = -1.0,
-                      reference_mask=None) -> PreparedReference:
-    """Everything a sampler needs to generate the character of ``image`` as the target of a diptych."""
+                      reference_mask=None, strength: float = 1.0, region=None, more_references=None) -> PreparedReference:
+    """Everything a sampler needs to generate the character of ``image`` as the target of a diptych,
+    or with ``more_references`` (*Add Reference* chain) of a grid ``[target | ref_1 | ... | ref_K]``.
+    ``strength`` / ``region``: the first reference's (``core.reference_bias``)."""
     info = model_info(model)
     if vae is None:
         raise InputError("vae", "no VAE is connected.", "Connect the model's VAE (ae.safetensors for FLUX.1).")
@@ -119,6 +153,15 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
                          "has no inpaint channels.", "Load flux1-fill-dev.safetensors, or use the lora route with an "
                          "Instruct Identity LoRA.")
 
+    extra = tuple(more_references or ())
+    k = layout.check_references(1 + len(extra), "more_references")
+    controls = (ReferenceControl(check_strength(strength, "strength"), region),
+                *(ReferenceControl(e.strength, e.region) for e in extra))
+    if route == ROUTE_FILL and (k > 1 or not controls[0].neutral):
+        raise InputError("more_references" if k > 1 else "strength", "the fill route takes one reference at strength 1 "
+                         "with no region (FLUX.1 Fill's diptych has one known half).",
+                         "Use the lora route with an Instruct Identity LoRA for several references, strengths or regions.")
+
     notes: list[str] = []
     color = images.parse_color(pad_color)
     rgb, note = images.to_rgb(image, color)
@@ -129,17 +172,22 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
     multiple = layout.spatial_multiple(vae.spacial_compression_encode(), info.patch_size)
     w = _target_size(int(width), rgb.shape[2], multiple, "width", notes)
     h = _target_size(int(height), rgb.shape[1], multiple, "height", notes)
+    lay_k = layout.Layout(h // vae.spacial_compression_encode(), w // vae.spacial_compression_encode(), k)
+    layout.check_grid_tokens(lay_k, info.patch_size, "more_references" if k > 1 else "width")
     ref_px = images.fit(rgb, h, w, fit, color)
+    extra_px = [_fit_extra(e.image, h, w, fit, color, j + 2, ref_px.shape[0]) for j, e in enumerate(extra)]
     batch = _batch(ref_px.shape[0], int(batch_size))
     grey = torch.full_like(ref_px, 0.5)
-    preview = torch.cat([grey, ref_px], dim=2)
+    preview = torch.cat([grey, ref_px, *[e.expand(ref_px.shape[0], -1, -1, -1) for e in extra_px]], dim=2)
     lay_mask_px = torch.zeros(1, 1, h, 2 * w)  # pixel-resolution mask, as InpaintModelConditioning gives it
     lay_mask_px[..., :w] = 1.0
 
     if route == ROUTE_LORA:
         if info.is_fill:
             notes.append("route: lora on a Fill model; its inpaint channels get ComfyUI's defaults.")
-        inputs = identity_inputs(model, _encode(vae, ref_px, info.latent_channels), batch, attention)
+        z = _encode(vae, ref_px, info.latent_channels)
+        refs = [z] + [_encode(vae, e, info.latent_channels) for e in extra_px]
+        inputs = identity_inputs(model, refs[0] if k == 1 else refs, batch, attention, controls)
         lay, samples, model = inputs.layout, inputs.latent, inputs.model
         attention = oneway.ONE_WAY if oneway.one_way_patch_of(model) is not None else oneway.JOINT
     else:
@@ -164,31 +212,50 @@ def prepare_reference(model, vae, positive, image, *, negative=None, width: int 
         notes.append(f"guidance: the prompt carried none, set to {g:g} (the {route} route's default).")
 
     latent = {"samples": samples, "noise_mask": layout.target_mask(lay)}
+    if k > 1:
+        latent[layout.LATENT_KEY] = k
     prepared = PreparedReference(model, positive, negative, latent, route, w, h, preview, notes,
-                                 attention if route == ROUTE_LORA else oneway.JOINT)
+                                 attention if route == ROUTE_LORA else oneway.JOINT, controls)
     for n in notes:
         log.warning("Instruct Identity Reference: %s", n)
     return prepared
 
 
-def split_image(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target, reference) halves of a decoded H x 2W diptych image."""
-    if image.shape[2] % 2:
-        raise InputError("image", f"width {image.shape[2]} px is odd, so it is not a [target | reference] diptych.",
+def _fit_extra(image, h: int, w: int, fit: str, color, index: int, batch: int) -> torch.Tensor:
+    """An *Add Reference* picture as RGB at the target size (one picture, or one per reference picture)."""
+    rgb, _ = images.to_rgb(image, color)
+    if rgb.shape[0] not in (1, batch):
+        raise InputError("more_references", f"reference {index} is a batch of {rgb.shape[0]} pictures, the first "
+                         f"reference of {batch}.", "Give each Add Reference one picture, or as many as the first reference.")
+    return images.fit(rgb, h, w, fit, color)
+
+
+def split_image(image: torch.Tensor, references: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, reference strip) of a decoded grid image: the two halves of an H x 2W diptych, or
+    ``[target | ref_1 | ... | ref_K]`` with ``references`` = K."""
+    k = layout.check_references(references)
+    if image.shape[2] % (1 + k):
+        what = "odd, so it is not a [target | reference] diptych" if k == 1 else \
+            f"not a multiple of {1 + k}, so it is not a [target | {k} references] grid"
+        raise InputError("image", f"width {image.shape[2]} px is {what}.",
                          "Decode the LATENT that the Instruct Identity Reference node fed the sampler.")
-    half = image.shape[2] // 2
-    return image[:, :, :half], image[:, :, half:]
+    panel = image.shape[2] // (1 + k)
+    return image[:, :, :panel], image[:, :, panel:]
 
 
-def comparison(image: torch.Tensor) -> torch.Tensor:
-    """Reference on the left, generated target on the right, with a gutter."""
-    target, reference = split_image(image)
+def comparison(image: torch.Tensor, references: int = 1) -> torch.Tensor:
+    """The references on the left, the generated target on the right, with a gutter."""
+    target, reference = split_image(image, references)
     return images.side_by_side(reference, target)
 
 
 # ---------------------------------------------------------------------------------------------
 # Nodes
 
+STRENGTH_TOOLTIP = ("How strongly the target attends to this reference: 0 ignores it, 1 is as the LoRA was trained, "
+                    "more gives a stronger identity and less prompt freedom (exactly the plain path at 1).")
+REGION_TOOLTIP = ("Optional mask over the target picture (1 = inside): only that region sees this reference, and the "
+                  "reference sees only that region, so two characters' references do not colour each other.")
 FIT_TOOLTIP = "pad: keep the whole reference, fill with pad_color; crop: fill the frame, cut the overflow; stretch: ignore the aspect ratio."
 
 
@@ -218,6 +285,12 @@ class InstructIdentityReference(io.ComfyNode):
                                tooltip="FLUX guidance. -1 keeps the prompt's own value, or uses the route's default (3.5; Fill 30) if it has none."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Optional; a zeroed prompt is used when absent (FLUX usually runs at CFG 1)."),
                 io.Mask.Input("reference_mask", optional=True, tooltip="Optional subject mask (1 = subject): everything outside it becomes pad_color. Load Image's MASK is 1 on transparent pixels, so pass it through Invert Mask first."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
+                               tooltip=STRENGTH_TOOLTIP),
+                ReferencesIO.Input("more_references", optional=True,
+                                   tooltip="More references (Instruct Identity Add Reference, chained): more views of "
+                                           "this character, or other characters bound to their regions."),
+                io.Mask.Input("region", optional=True, tooltip=REGION_TOOLTIP),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -230,10 +303,11 @@ class InstructIdentityReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, positive, reference, width, height, fit, pad_color, batch_size, route, guidance,
-                negative=None, reference_mask=None) -> io.NodeOutput:
+                negative=None, reference_mask=None, strength=1.0, more_references=None, region=None) -> io.NodeOutput:
         p = prepare_reference(model, vae, positive, reference, negative=negative, width=width, height=height, fit=fit,
                               pad_color=pad_color, batch_size=batch_size, route=route, guidance=guidance,
-                              reference_mask=reference_mask)
+                              reference_mask=reference_mask, strength=strength, region=region,
+                              more_references=more_references)
         return io.NodeOutput(p.model, p.positive, p.negative, p.latent, p.info,
                              ui=ui.PreviewImage(p.preview, cls=cls))
 
@@ -294,12 +368,13 @@ class InstructIdentityDecodeTarget(io.ComfyNode):
         if vae is None:
             raise InputError("vae", "no VAE is connected.", "Connect the same VAE as the Reference node.")
         grid = samples["samples"]
-        target_latent, _ = layout.split(grid)
+        k = layout.references_of(samples)
+        target_latent, _ = layout.split(grid, references=k)
         decoded = vae.decode(grid)
         if decoded.ndim == 5:  # video-shaped VAEs return [B, T, H, W, C]
             decoded = decoded.reshape(-1, *decoded.shape[-3:])
-        target, _ = split_image(decoded)
-        return io.NodeOutput(target, comparison(decoded), {"samples": target_latent.contiguous()})
+        target, _ = split_image(decoded, k)
+        return io.NodeOutput(target, comparison(decoded, k), {"samples": target_latent.contiguous()})
 
 
 class InstructIdentitySplitLatent(io.ComfyNode):
@@ -309,14 +384,14 @@ class InstructIdentitySplitLatent(io.ComfyNode):
             node_id="InstructIdentitySplitLatent",
             display_name="Instruct Identity Split Latent",
             category=CATEGORY,
-            description="Splits a [target | reference] latent into its two halves.",
+            description="Splits a [target | reference] latent into the target and the reference(s) (several references: the strip of all of them).",
             inputs=[io.Latent.Input("samples")],
             outputs=[io.Latent.Output(display_name="target"), io.Latent.Output(display_name="reference")],
         )
 
     @classmethod
     def execute(cls, samples) -> io.NodeOutput:
-        target, reference = layout.split(samples["samples"])
+        target, reference = layout.split(samples["samples"], references=layout.references_of(samples))
         return io.NodeOutput({"samples": target.contiguous()}, {"samples": reference.contiguous()})
 
 
@@ -328,15 +403,41 @@ class InstructIdentitySplitImage(io.ComfyNode):
             display_name="Instruct Identity Split Image",
             category=CATEGORY,
             description="Splits a decoded [target | reference] image into the target, the reference, and a reference | target comparison.",
-            inputs=[io.Image.Input("image")],
+            inputs=[io.Image.Input("image"),
+                    io.Int.Input("references", default=1, min=1, max=limits.MAX_REFERENCES, optional=True,
+                                 tooltip="How many references the grid holds (1: a [target | reference] diptych).")],
             outputs=[io.Image.Output(display_name="target"), io.Image.Output(display_name="reference"),
                      io.Image.Output(display_name="comparison")],
         )
 
     @classmethod
-    def execute(cls, image) -> io.NodeOutput:
-        target, reference = split_image(image)
-        return io.NodeOutput(target, reference, comparison(image))
+    def execute(cls, image, references=1) -> io.NodeOutput:
+        target, reference = split_image(image, references)
+        return io.NodeOutput(target, reference, comparison(image, references))
 
 
-NODES = [InstructIdentityReference, InstructIdentityLoadLora, InstructIdentityDecodeTarget, InstructIdentitySplitLatent, InstructIdentitySplitImage]
+class InstructIdentityAddReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="InstructIdentityAddReference",
+            display_name="Instruct Identity Add Reference",
+            category=CATEGORY,
+            description=("Appends one more reference for the Instruct Identity Reference node (chain several): another "
+                         "view of the character, or a second character bound to its region of the picture. The grid "
+                         "becomes [target | ref 1 | ... | ref K]."),
+            inputs=[
+                io.Image.Input("image", tooltip="The reference picture (fitted to the target size like the first one)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05, tooltip=STRENGTH_TOOLTIP),
+                io.Mask.Input("region", optional=True, tooltip=REGION_TOOLTIP),
+                ReferencesIO.Input("references", optional=True, tooltip="The chain so far (another Add Reference)."),
+            ],
+            outputs=[ReferencesIO.Output(display_name="references")],
+        )
+
+    @classmethod
+    def execute(cls, image, strength, region=None, references=None) -> io.NodeOutput:
+        return io.NodeOutput(add_reference(references, image, strength, region))
+
+
+NODES = [InstructIdentityReference, InstructIdentityAddReference, InstructIdentityLoadLora, InstructIdentityDecodeTarget, InstructIdentitySplitLatent, InstructIdentitySplitImage]
