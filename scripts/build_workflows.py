@@ -37,12 +37,17 @@ SOCKETS = {
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
     "InstructIdentityReference": (
         [("model", "MODEL"), ("vae", "VAE"), ("positive", "CONDITIONING"), ("reference", "IMAGE"),
-         ("negative", "CONDITIONING"), ("reference_mask", "MASK")],
+         ("negative", "CONDITIONING"), ("reference_mask", "MASK"), ("more_references", "II_REFERENCES"),
+         ("region", "MASK")],
         [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"), ("info", "STRING")]),
     "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
                  [("LATENT", "LATENT")]),
     "InstructIdentityDecodeTarget": ([("samples", "LATENT"), ("vae", "VAE")],
                                      [("target", "IMAGE"), ("comparison", "IMAGE"), ("target_latent", "LATENT")]),
+    "InstructIdentityAddReference": ([("image", "IMAGE"), ("region", "MASK"), ("references", "II_REFERENCES")],
+                                     [("references", "II_REFERENCES")]),
+    "SolidMask": ([], [("MASK", "MASK")]),
+    "MaskComposite": ([("destination", "MASK"), ("source", "MASK")], [("MASK", "MASK")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "ImageScaleBy": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
     "InstructIdentityDemoModel": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("info", "STRING")]),
@@ -130,7 +135,7 @@ def identity_graph(fill: bool) -> dict:
               "on the right the character standing, white background")
     text = g.add("CLIPTextEncode", (380, 0), [prompt], size=(400, 180), title="Prompt (what the character does)")
     ref = g.add("InstructIdentityReference", (380, 240),
-                [1024 if not fill else 768, 1024 if not fill else 768, "pad", "#ffffff", 1, "auto", -1.0], size=(400, 500))
+                [1024 if not fill else 768, 1024 if not fill else 768, "pad", "#ffffff", 1, "auto", -1.0, 1.0], size=(400, 500))
     g.link(model_src[0], model_src[1], ref, "model")
     g.link(vae, "VAE", ref, "vae")
     g.link(clip, "CLIP", text, "clip")
@@ -202,7 +207,7 @@ def demo_graph() -> Graph:
     g.link(loader, "CLIP", text, "clip")
     ref = g.add("InstructIdentityReference", (390, 190), size=(380, 420),
                 api={"width": 0, "height": 0, "fit": "pad", "pad_color": "#ffffff", "batch_size": 1, "route": "auto",
-                     "guidance": 1.0})
+                     "guidance": 1.0, "strength": 1.0})
     for src, out_name, in_name in ((lora, "MODEL", "model"), (loader, "VAE", "vae"), (text, "CONDITIONING", "positive"),
                                    (image, "IMAGE", "reference")):
         g.link(src, out_name, ref, in_name)
@@ -239,12 +244,88 @@ def demo_graph() -> Graph:
     return g
 
 
+def half_mask(g: Graph, side: str, pos, size: int = 1024) -> int:
+    """Stock mask nodes: 1 over the left or right half of a size x size target, 0 elsewhere."""
+    empty = g.add("SolidMask", pos, [0.0, size, size], size=(240, 110), title="empty target mask")
+    half = g.add("SolidMask", (pos[0], pos[1] + 130), [1.0, size // 2, size], size=(240, 110), title=f"{side} half")
+    comp = g.add("MaskComposite", (pos[0] + 260, pos[1]), [0 if side == "left" else size // 2, 0, "add"], size=(240, 130),
+                 title=f"{side} region")
+    g.link(empty, "MASK", comp, "destination")
+    g.link(half, "MASK", comp, "source")
+    return comp
+
+
+def multi_graph(kind: str) -> dict:
+    """Several views of one character (``views``) or two characters bound to their halves (``two``)."""
+    g = Graph()
+    loader = g.add("UNETLoader", (0, 0), ["flux1-dev.safetensors", "default"], models=["flux1-dev.safetensors"])
+    lora = g.add("LoraLoaderModelOnly", (0, 160), ["instruct_identity_flux1_dev.safetensors", 1.0],
+                 title="Instruct Identity LoRA trained with reference_views (docs/trainer.md)")
+    g.link(loader, "MODEL", lora, "model")
+    clip = g.add("DualCLIPLoader", (0, 320), ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+                 models=["clip_l.safetensors", "t5xxl_fp16.safetensors"])
+    vae = g.add("VAELoader", (0, 480), ["ae.safetensors"], models=["ae.safetensors"])
+    names = (["front.png", "back.png", "detail.png"] if kind == "views" else ["character_a.png", "character_b.png"])
+    titles = (["Front view", "Back view", "A detail (e.g. the hat)"] if kind == "views"
+              else ["Character A (left)", "Character B (right)"])
+    images = [g.add("LoadImage", (0, 600 + 340 * i), [n, "image"], size=(320, 320), title=t)
+              for i, (n, t) in enumerate(zip(names, titles))]
+    prompt = ("the same character running along a beach at sunset, seen from the side" if kind == "views" else
+              "two characters in a cafe: on the left character A sipping coffee, on the right character B reading a "
+              "newspaper, warm light")
+    text = g.add("CLIPTextEncode", (380, 0), [prompt], size=(400, 180), title="Prompt")
+    g.link(clip, "CLIP", text, "clip")
+    chain, regions = None, []
+    if kind == "two":
+        regions = [half_mask(g, "left", (380, 1000)), half_mask(g, "right", (380, 1280))]
+    for i, image in enumerate(images[1:], start=1):
+        add = g.add("InstructIdentityAddReference", (380, 560 + 150 * i), [1.0], size=(320, 130),
+                    title=f"Add Reference ({titles[i]})")
+        g.link(image, "IMAGE", add, "image")
+        if chain is not None:
+            g.link(chain, "references", add, "references")
+        if regions:
+            g.link(regions[i], "MASK", add, "region")
+        chain = add
+    ref = g.add("InstructIdentityReference", (830, 240), [1024, 1024, "pad", "#ffffff", 1, "auto", -1.0, 1.0],
+                size=(400, 520))
+    for src, out_name, in_name in ((lora, "MODEL", "model"), (vae, "VAE", "vae"), (text, "CONDITIONING", "positive"),
+                                   (images[0], "IMAGE", "reference"), (chain, "references", "more_references")):
+        g.link(src, out_name, ref, in_name)
+    if regions:
+        g.link(regions[0], "MASK", ref, "region")
+    sampler = g.add("KSampler", (1280, 0), [42, "fixed", 28, 1.0, "euler", "simple", 1.0], size=(320, 270))
+    for out_name, in_name in (("model", "model"), ("positive", "positive"), ("negative", "negative"), ("latent", "latent_image")):
+        g.link(ref, out_name, sampler, in_name)
+    decode = g.add("InstructIdentityDecodeTarget", (1280, 320))
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(vae, "VAE", decode, "vae")
+    save = g.add("SaveImage", (1650, 0), ["instruct_identity_" + ("views" if kind == "views" else "two_characters")],
+                 size=(400, 420))
+    g.link(decode, "target", save, "images")
+    preview = g.add("PreviewImage", (1650, 470), size=(400, 300), title="References | result")
+    g.link(decode, "comparison", preview, "images")
+    note = ("## Instruct Identity — " + ("several views of one character" if kind == "views" else
+                                         "two characters, each bound to its half") + "\n\n"
+            + ("Give the front view to the Reference node and more views through the chained **Add Reference** "
+               "nodes: the grid becomes [target | front | back | detail]. A LoRA trained with `reference_views = "
+               "[1, 3]` reads them all (docs/trainer.md)." if kind == "views" else
+               "Each character's reference is **bound to a region** (a mask over the picture): that region attends only "
+               "to its own reference, and the reference only to its region, so A's colours cannot leak into B. "
+               "Lower a reference's **strength** (0..1) to give the prompt more freedom, raise it for a stronger identity.")
+            + "\n\nModel files as in instruct_identity_lora.json.")
+    g.add("MarkdownNote", (830, 800), [note], size=(400, 260), title="How to use")
+    return g.to_json()
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     demo = demo_graph()
     for name, graph in ((DEMO_TEMPLATE, demo.to_json()),
                         ("instruct_identity_lora.json", identity_graph(fill=False)),
-                        ("instruct_identity_fill_zero_shot.json", identity_graph(fill=True))):
+                        ("instruct_identity_fill_zero_shot.json", identity_graph(fill=True)),
+                        ("instruct_identity_multi_view.json", multi_graph("views")),
+                        ("instruct_identity_two_characters.json", multi_graph("two"))):
         (OUT / name).write_text(json.dumps(graph, indent=1) + "\n")
         print(f"wrote workflows/{name}")
     DEMO_API.write_text(json.dumps(demo.to_api(), indent=1) + "\n")

@@ -25,6 +25,10 @@ def server(comfy_server):
     pixels[..., 3] = 255
     pixels[:4, :4, 3] = 0  # some transparency: RGBA must be composited, not crash
     Image.fromarray(pixels, "RGBA").save(comfy_server.base / "input" / "character.png")
+    for path in (REPO / "workflows").glob("*.json"):   # every picture a template loads (front.png, back.png, ...)
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"] == "LoadImage" and not (comfy_server.base / "input" / node["widgets_values"][0]).exists():
+                Image.fromarray(pixels, "RGBA").save(comfy_server.base / "input" / node["widgets_values"][0])
     return comfy_server
 
 
