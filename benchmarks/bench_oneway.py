@@ -62,20 +62,39 @@ def tokens(px: int, patch: int = 2, downscale: int = 8) -> int:
     return (px // (downscale * patch)) ** 2
 
 
-def flop_ratios(cfg: dict, px: int, text: int = TEXT_TOKENS, steps: int = STEPS_AMORTISED) -> dict:
-    n = tokens(px)
+def flop_ratios(cfg: dict, px: int, text: int = TEXT_TOKENS, steps: int = STEPS_AMORTISED, references: int = 1) -> dict:
+    """Per model call, relative to plain text-to-image, with ``references`` = K reference panels of the
+    target's size: joint attends over ``[text | target | K references]``; one-way runs text + target
+    against those keys, plus the references' own pass (among themselves) once per run."""
+    n, k = tokens(px), references
     plain = model_flops(text + n, text + n, cfg)
-    joint = model_flops(text + 2 * n, text + 2 * n, cfg)
-    one_way = model_flops(text + n, text + 2 * n, cfg)
-    reference = model_flops(n, n, cfg)  # the reference stream, once per reference
+    joint = model_flops(text + (1 + k) * n, text + (1 + k) * n, cfg)
+    one_way = model_flops(text + n, text + (1 + k) * n, cfg)
+    reference = model_flops(k * n, k * n, cfg)  # the references' stream, once per run
     return {"plain": plain, "joint": joint / plain, "one_way": one_way / plain,
             "one_way_with_reference": (one_way + reference / steps) / plain, "reference_once": reference / plain}
 
 
-def cached_bytes(cfg: dict, px: int, bytes_per_value: int = 2) -> int:
-    """K and V of every block for one reference (bf16 by default, as FLUX.1-dev runs)."""
+def cached_bytes(cfg: dict, px: int, bytes_per_value: int = 2, references: int = 1) -> int:
+    """K and V of every block for ``references`` references (bf16 by default, as FLUX.1-dev runs)."""
     blocks = cfg["depth"] + cfg["depth_single_blocks"]
-    return 2 * tokens(px) * cfg["hidden_size"] * blocks * bytes_per_value
+    return 2 * references * tokens(px) * cfg["hidden_size"] * blocks * bytes_per_value
+
+
+MULTI_K = (1, 2, 3)
+
+
+def multi_results(cfg: dict) -> dict:
+    """``multi.<mode>.<key>.<K>.<size>``: the ratios and cached memory for K = 1, 2, 3 references."""
+    table = {k: {px: flop_ratios(cfg, px, references=k) for px in SIZES} for k in MULTI_K}
+
+    def by(key):
+        return {str(k): {str(px): round(table[k][px][key], 4) for px in SIZES} for k in MULTI_K}
+
+    return {"joint": {"flops_ratio": by("joint")},
+            "one_way": {"flops_ratio": by("one_way"), "flops_ratio_with_reference": by("one_way_with_reference"),
+                        "cached_reference_bytes": {str(k): {str(px): cached_bytes(cfg, px, references=k) for px in SIZES}
+                                                   for k in MULTI_K}}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,7 +195,7 @@ def results(measured: dict | None, previous: dict) -> dict:
              "command": "benchmarks/bench_oneway.py", "written": datetime.date.today().isoformat(),
              "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     one_way["setup"] = setup
-    return {**previous, "one_way": one_way, "joint": joint}
+    return {**previous, "one_way": one_way, "joint": joint, "multi": multi_results(cfg)}
 
 
 def markdown(data: dict) -> str:
@@ -222,6 +241,21 @@ def markdown(data: dict) -> str:
         lines += ["", "The first one-way run pays the reference's pass through every block once (over a few steps a large "
                   "share, over 20-28 a small one); the second run with the same reference, as a re-executed Reference "
                   "node makes it, takes the keys/values from the cache and costs what the per-call FLOP ratio says.", ""]
+    multi = data.get("multi")
+    if multi:
+        jm, om = multi["joint"], multi["one_way"]
+        lines += ["### Several references (`[target | ref_1 | ... | ref_K]`)", "",
+                  "FLOPs per model call relative to plain text-to-image, same model as above; one-way *with the "
+                  "references* adds their one-off pass (among themselves) spread over the run; memory: the cached keys and "
+                  "values of all K references (bf16).", "",
+                  "| K | joint 512² | joint 1024² | one-way 512² | one-way 1024² | one-way with the references 512² / 1024² "
+                  "| cached references 512² / 1024² |", "|---|---|---|---|---|---|---|"]
+        for k in sorted(jm["flops_ratio"], key=int):
+            j, o, w, c = jm["flops_ratio"][k], om["flops_ratio"][k], om["flops_ratio_with_reference"][k], \
+                om["cached_reference_bytes"][k]
+            lines.append(f"| {k} | x{j['512']:.2f} | x{j['1024']:.2f} | x{o['512']:.3f} | x{o['1024']:.3f} | "
+                         f"x{w['512']:.3f} / x{w['1024']:.3f} | {gib(c['512'])} / {gib(c['1024'])} |")
+        lines.append("")
     if "measured_gpu" not in one:
         lines += ["GPU: not measured yet (no GPU was lent to the session that wrote this). Command: "
                   "`.venv/bin/python benchmarks/bench_oneway.py --device cuda --sizes 512 1024 --double 19 --single 38`.",
