@@ -161,7 +161,12 @@ def measure(args) -> dict:
     return {"device": args.device, "clock": "wall" if cuda else "CPU time, 1 thread", "model": {
         "hidden_size": cfg["hidden_size"], "heads": cfg["num_heads"], "double_blocks": args.double,
         "single_blocks": args.single, "dtype": str(dtype).replace("torch.", "")}, "text_tokens": TEXT_TOKENS,
-        "steps": args.steps, "cfg": 1.0, "repeats": args.repeats, "sizes": out}
+        "steps": args.steps, "cfg": 1.0, "repeats": args.repeats, "sizes": out, **environment()}
+
+
+def environment() -> dict:
+    return {"written": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,8 +197,11 @@ def results(measured: dict | None, previous: dict) -> dict:
     setup = {"flops_model": {"hidden_size": cfg["hidden_size"], "double_blocks": cfg["depth"],
                              "single_blocks": cfg["depth_single_blocks"], "text_tokens": TEXT_TOKENS,
                              "steps_amortised": STEPS_AMORTISED},
-             "command": "benchmarks/bench_oneway.py", "written": datetime.date.today().isoformat(),
-             "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+             "command": "benchmarks/bench_oneway.py", **environment()}
+    kept = old_one.get("setup", {})
+    if measured is None and ("measured" in one_way or "measured_gpu" in one_way):
+        # a FLOPs-only run keeps the date/machine/torch of the measurement it keeps (older ones carry none of their own)
+        setup.update({k: kept[k] for k in ("written", "torch", "machine") if k in kept})
     one_way["setup"] = setup
     return {**previous, "one_way": one_way, "joint": joint, "multi": multi_results(cfg)}
 
@@ -227,8 +235,8 @@ def markdown(data: dict) -> str:
         lines += [f"Measured on the {title} ({m['clock']}): random FLUX of width {mod['hidden_size']} ({mod['heads']} "
                   f"heads) with {mod['double_blocks']} + {mod['single_blocks']} blocks, {mod['dtype']}, "
                   f"{m['text_tokens']} text tokens, {m['steps']} euler steps at CFG {m['cfg']:g}, median of "
-                  f"{m['repeats']} interleaved sampling runs; {setup['machine']}, torch {setup['torch']}, "
-                  f"{setup['written']}:", "",
+                  f"{m['repeats']} interleaved sampling runs; {m.get('machine', setup['machine'])}, torch "
+                  f"{m.get('torch', setup['torch'])}, {m.get('written', setup['written'])}:", "",
                   "| target | plain | joint | one-way, first run | one-way, second run (same reference) | joint / plain | "
                   "one-way / plain (second run) | first run / plain | by FLOPs (joint, one-way, first run) |",
                   "|---|---|---|---|---|---|---|---|---|"]

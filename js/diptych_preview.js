@@ -1,6 +1,8 @@
 // Diptych preview on the Instruct Identity Reference node: before anything runs, it shows the
 // [target | reference] picture the sampler will work on, computed in the browser from the node's
-// widgets (width, height, fit, pad_color) and the reference image's preview (Load Image).
+// widgets (width, height, fit, pad_color) and the reference image's preview (Load Image). With
+// references chained through Instruct Identity Add Reference nodes (more_references) it shows every
+// panel, [target | ref 1 | ... | ref K], each reference fitted to the target size, with its strength.
 //
 // The geometry follows nodes/reference.py: a size of 0 means the reference's size; sizes round to
 // the nearest multiple of 16 (half up, at least 16); core/images.fit places the reference (pad:
@@ -100,17 +102,47 @@ function imageFromWidget(node) {
   return loadImage(api.apiURL(`/view?${q}`));
 }
 
-/** {img, source} for the node's reference input: follows Reroutes to a node that shows an image. */
-function referenceImage(node) {
-  const slot = node.inputs?.findIndex((i) => i.name === "reference");
-  if (slot === undefined || slot < 0 || node.inputs[slot].link == null) return { img: null, source: null, linked: false };
+function upstream(node, name) {
+  const slot = node.inputs?.findIndex((i) => i.name === name);
+  if (slot === undefined || slot < 0 || node.inputs[slot].link == null) return { up: null, linked: false };
   let up = node.getInputNode(slot);
   for (let hops = 0; up && hops < 8 && (up.type === "Reroute" || up.constructor?.type === "Reroute"); hops++) up = up.getInputNode(0);
-  if (!up) return { img: null, source: null, linked: true };
+  return { up, linked: true };
+}
+
+/** {img, source} for the node's image input ``name``: follows Reroutes to a node that shows an image. */
+function referenceImage(node, name = "reference") {
+  const { up, linked } = upstream(node, name);
+  if (!up) return { img: null, source: null, linked };
   const source = up.title || up.type;
   const shown = up.imgs?.[0];
   if (shown && shown.src) return { img: shown, source, linked: true };
   return { img: imageFromWidget(up), source, linked: true };
+}
+
+const ADD_NODE = "InstructIdentityAddReference";
+const MAX_REFERENCES = 8;
+
+function widgetValue(node, name, fallback) {
+  const v = node.widgets?.find((w) => w.name === name)?.value;
+  return v === undefined ? fallback : v;
+}
+
+function hasLink(node, name) {
+  return node.inputs?.some((i) => i.name === name && i.link != null) ?? false;
+}
+
+/** Every reference of the grid, first the node's own: [{img, source, linked, strength, region}]. */
+export function referenceChain(node) {
+  const first = { ...referenceImage(node), strength: Number(widgetValue(node, "strength", 1)), region: hasLink(node, "region") };
+  const added = [];
+  let { up } = upstream(node, "more_references");
+  for (let hops = 0; up && hops < MAX_REFERENCES; hops++) {
+    if (up.type !== ADD_NODE && up.constructor?.type !== ADD_NODE) break;
+    added.unshift({ ...referenceImage(up, "image"), strength: Number(widgetValue(up, "strength", 1)), region: hasLink(up, "region") });
+    ({ up } = upstream(up, "references"));
+  }
+  return [first, ...added];
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -134,9 +166,14 @@ class DiptychPreview {
   }
 
   update(force = false) {
-    const { img, source, linked } = referenceImage(this.node);
+    const refs = referenceChain(this.node);
+    const { img, source, linked } = refs[0];
     const ready = !!(img && img.complete && img.naturalWidth > 0);
+    const isReady = (r) => !!(r.img && r.img.complete && r.img.naturalWidth > 0);
+    this.extra = refs.slice(1).map((r) => ({ ...r, ready: isReady(r) }));
     const state = {
+      extra: this.extra.map((r) => [r.ready ? r.img.src : "", r.strength, r.region, r.linked]),
+      strength: refs[0].strength, region: refs[0].region,
       width: Number(this.value("width")) || 0, height: Number(this.value("height")) || 0,
       fit: String(this.value("fit") ?? "pad"), pad: String(this.value("pad_color") ?? "#ffffff"),
       refWidth: ready ? img.naturalWidth : 0, refHeight: ready ? img.naturalHeight : 0,
@@ -163,7 +200,10 @@ class DiptychPreview {
     const ctx = this.canvas.getContext("2d");
     const aw = Math.max(40, this.root.clientWidth - 4);
     const ah = Math.max(30, this.root.clientHeight - Math.max(16, this.caption.offsetHeight) - 8);
-    const W = geo.width && geo.height ? 2 * geo.width : 2, H = geo.width && geo.height ? geo.height : 1;
+    const extra = this.extra ?? [];
+    const panels = 2 + extra.length;
+    const W = geo.width && geo.height ? panels * geo.width : panels, H = geo.width && geo.height ? geo.height : 1;
+    r.dataset.iiReferences = String(1 + extra.length);
     const k = Math.min(aw / W, ah / H);
     const cw = Math.max(20, Math.floor(W * k)), ch = Math.max(12, Math.floor(H * k));
     const dpr = window.devicePixelRatio || 1;
@@ -175,28 +215,39 @@ class DiptychPreview {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     const fg = themeColor(r, "--fg-color", "#fff"), line = themeColor(r, "--border-color", "#4e4e4e");
 
-    // target half: mid-grey, like the node's own preview
+    const pw = cw / panels;   // one panel's width on the canvas
+    // target panel: mid-grey, like the node's own preview
     ctx.fillStyle = "rgb(128,128,128)";
-    ctx.fillRect(0, 0, cw / 2, ch);
-    // reference half
-    ctx.fillStyle = pad ? `rgb(${pad.join(",")})` : themeColor(r, "--comfy-input-bg", "#222");
-    ctx.fillRect(cw / 2, 0, cw / 2, ch);
-    if (img && geo.place) {
-      const kk = (cw / 2) / geo.width;
+    ctx.fillRect(0, 0, pw, ch);
+    // reference panels, each fitted to the target size like the node does
+    const drawRef = (picture, place, x0) => {
+      ctx.fillStyle = pad ? `rgb(${pad.join(",")})` : themeColor(r, "--comfy-input-bg", "#222");
+      ctx.fillRect(x0, 0, pw, ch);
+      if (!picture || !place) return;
+      const kk = pw / geo.width;
       ctx.save();
       ctx.beginPath();
-      ctx.rect(cw / 2, 0, cw / 2, ch);
+      ctx.rect(x0, 0, pw, ch);
       ctx.clip();
       ctx.imageSmoothingQuality = "high";
-      ctx.drawImage(img, cw / 2 + geo.place.x * kk, geo.place.y * kk, geo.place.w * kk, geo.place.h * kk);
+      ctx.drawImage(picture, x0 + place.x * kk, place.y * kk, place.w * kk, place.h * kk);
       ctx.restore();
-    }
+    };
+    drawRef(img, geo.place, pw);
+    extra.forEach((e, i) => {
+      const g = e.ready && geo.width && geo.height
+        ? diptychGeometry({ width: geo.width, height: geo.height, fit: s.fit, refWidth: e.img.naturalWidth, refHeight: e.img.naturalHeight })
+        : null;
+      drawRef(e.ready ? e.img : null, g?.place, (2 + i) * pw);
+    });
     ctx.strokeStyle = line;
     ctx.lineWidth = 1;
     ctx.strokeRect(0.5, 0.5, cw - 1, ch - 1);
     ctx.beginPath();
-    ctx.moveTo(Math.round(cw / 2) + 0.5, 0);
-    ctx.lineTo(Math.round(cw / 2) + 0.5, ch);
+    for (let i = 1; i < panels; i++) {
+      ctx.moveTo(Math.round(i * pw) + 0.5, 0);
+      ctx.lineTo(Math.round(i * pw) + 0.5, ch);
+    }
     ctx.stroke();
     // labels
     ctx.font = "600 11px system-ui, sans-serif";
@@ -210,12 +261,17 @@ class DiptychPreview {
     };
     const size = geo.width && geo.height ? ` ${geo.width}×${geo.height}` : "";
     label(`target${size}`, 3);
-    label(`reference${img ? "" : " (not loaded)"}`, cw / 2 + 3);
+    const tag = (st, region) => (st !== 1 ? ` ×${st}` : "") + (region ? " ▣" : "");
+    if (!extra.length) label(`reference${img ? "" : " (not loaded)"}${tag(s.strength, s.region)}`, pw + 3);
+    else {
+      label(`ref 1${img ? "" : " (not loaded)"}${tag(s.strength, s.region)}`, pw + 3);
+      extra.forEach((e, i) => label(`ref ${i + 2}${e.ready ? "" : " (not loaded)"}${tag(e.strength, e.region)}`, (2 + i) * pw + 3));
+    }
     ctx.fillStyle = fg;
 
     // caption: sizes and what the fit does
     const parts = [];
-    if (geo.width && geo.height) parts.push(`grid ${2 * geo.width}×${geo.height} px`);
+    if (geo.width && geo.height) parts.push(`grid ${panels * geo.width}×${geo.height} px`);
     else parts.push("target size follows the reference (size known once it is loaded)");
     if (img) parts.push(`reference ${s.refWidth}×${s.refHeight} → ${s.fit}`);
     else if (!s.linked) parts.push("connect a reference image");
@@ -230,6 +286,8 @@ class DiptychPreview {
     }
     if (!pad) parts.push(`pad_color '${s.pad}' is not a colour`);
     if (s.masked) parts.push("subject mask applied at run time");
+    if (extra.length) parts.push(`${1 + extra.length} references`);
+    if ([s.region, ...extra.map((e) => e.region)].some(Boolean)) parts.push("▣ bound to a region");
     this.caption.textContent = [...parts, ...geo.notes].join(" · ");
   }
 

@@ -25,10 +25,15 @@ LAYOUT_NODE = "InstructIdentityLayoutFromJSON"
 
 @pytest.fixture(scope="module")
 def workflow_inputs(frontend):
-    """The pictures the example workflows load (character.png), as a user would have them."""
-    path = frontend.server.base / "input" / "character.png"
-    if not path.exists():  # other tests may have put their own there already; any picture will do
-        Image.new("RGB", (64, 96), (200, 120, 60)).save(path)
+    """The pictures the example workflows load (character.png, front.png, ...), as a user would have them."""
+    import json
+
+    names = {"character.png"} | {n["widgets_values"][0] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]
+                                 if n["type"] == "LoadImage"}
+    for name in names:
+        path = frontend.server.base / "input" / name
+        if not path.exists():  # other tests may have put their own there already; any picture will do
+            Image.new("RGB", (64, 96), (200, 120, 60)).save(path)
 
 
 def test_every_workflow_opens_without_missing_nodes_or_errors(frontend, workflow_inputs):
@@ -166,7 +171,7 @@ def reference_image(frontend):
     return 200, 300
 
 
-def test_diptych_preview_before_running(frontend, reference_image):
+def test_diptych_preview_before_running(frontend, reference_image, workflow_inputs):
     ref_w, ref_h = reference_image
     seen = frontend.run("diptych", workflow=str(REPO / "workflows" / "instruct_identity_lora.json"), image=REFERENCE,
                         cases=DIPTYCH_CASES)
@@ -294,5 +299,21 @@ def test_charis_scores_on_the_nodes_after_a_real_run(frontend, charis_setup):
     assert seen["styles"], "the pack's <style> element is missing"
     for rule in seen["styles"]:
         assert all(sel.strip().startswith(".ii-") for sel in rule.split(",")), f"unscoped CSS rule: {rule}"
+    errors = unexpected(seen["journal"], frontend.url)
+    assert not errors, f"console errors:\n{fmt(errors)}"
+
+
+def test_diptych_preview_shows_every_reference_panel(frontend, reference_image, workflow_inputs):
+    seen = frontend.run("diptych_multi", workflow=str(REPO / "workflows" / "instruct_identity_multi_view.json"),
+                        image=REFERENCE)
+    got = seen["seen"]
+    w, h = int(got["iiTargetWidth"]), int(got["iiTargetHeight"])
+    assert got["iiReferences"] == "3" and f"grid {4 * w}×{h} px" in got["caption"] and "3 references" in got["caption"]
+    cw, ch = got["canvas"]
+    assert abs(cw / ch - 4 * w / h) < 0.05 * (4 * w / h)          # four panels side by side
+    target, *refs = got["centres"]
+    assert target == [128, 128, 128]
+    # each reference panel shows its picture (the Load Image's own preview), not the pad colour or the grey
+    assert all(c not in ([255, 255, 255], [128, 128, 128]) for c in refs), refs
     errors = unexpected(seen["journal"], frontend.url)
     assert not errors, f"console errors:\n{fmt(errors)}"
