@@ -115,6 +115,20 @@ class Graph:
                 "models": list(models.values()), "version": 0.4}
 
 
+def sample_and_save(g: Graph, ref: int, vae: int, x: int, prefix: str, preview_title: str) -> None:
+    """KSampler (CFG 1) on the Reference node's outputs -> Decode Target -> Save Image + a comparison preview."""
+    sampler = g.add("KSampler", (x, 0), [42, "fixed", 28, 1.0, "euler", "simple", 1.0], size=(320, 270))
+    for out_name, in_name in (("model", "model"), ("positive", "positive"), ("negative", "negative"), ("latent", "latent_image")):
+        g.link(ref, out_name, sampler, in_name)
+    decode = g.add("InstructIdentityDecodeTarget", (x, 320))
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(vae, "VAE", decode, "vae")
+    save = g.add("SaveImage", (x + 370, 0), [prefix], size=(400, 420))
+    g.link(decode, "target", save, "images")
+    preview = g.add("PreviewImage", (x + 370, 470), size=(400, 300), title=preview_title)
+    g.link(decode, "comparison", preview, "images")
+
+
 def identity_graph(fill: bool) -> dict:
     g = Graph()
     unet = "flux1-fill-dev.safetensors" if fill else "flux1-dev.safetensors"
@@ -141,16 +155,7 @@ def identity_graph(fill: bool) -> dict:
     g.link(clip, "CLIP", text, "clip")
     g.link(text, "CONDITIONING", ref, "positive")
     g.link(image, "IMAGE", ref, "reference")
-    sampler = g.add("KSampler", (830, 0), [42, "fixed", 28, 1.0, "euler", "simple", 1.0], size=(320, 270))
-    for out_name, in_name in (("model", "model"), ("positive", "positive"), ("negative", "negative"), ("latent", "latent_image")):
-        g.link(ref, out_name, sampler, in_name)
-    decode = g.add("InstructIdentityDecodeTarget", (830, 320))
-    g.link(sampler, "LATENT", decode, "samples")
-    g.link(vae, "VAE", decode, "vae")
-    save = g.add("SaveImage", (1200, 0), ["instruct_identity" if not fill else "instruct_identity_fill"], size=(400, 420))
-    g.link(decode, "target", save, "images")
-    preview = g.add("PreviewImage", (1200, 470), size=(400, 300), title="Reference | result")
-    g.link(decode, "comparison", preview, "images")
+    sample_and_save(g, ref, vae, 830, "instruct_identity" if not fill else "instruct_identity_fill", "Reference | result")
     note = (
         "## Instruct Identity — " + ("zero-shot with FLUX.1 Fill" if fill else "with an Instruct Identity LoRA") + "\n\n"
         "Load your character in **Reference character**, describe the new pose or scene in **Prompt**, queue.\n\n"
@@ -294,17 +299,8 @@ def multi_graph(kind: str) -> dict:
         g.link(src, out_name, ref, in_name)
     if regions:
         g.link(regions[0], "MASK", ref, "region")
-    sampler = g.add("KSampler", (1280, 0), [42, "fixed", 28, 1.0, "euler", "simple", 1.0], size=(320, 270))
-    for out_name, in_name in (("model", "model"), ("positive", "positive"), ("negative", "negative"), ("latent", "latent_image")):
-        g.link(ref, out_name, sampler, in_name)
-    decode = g.add("InstructIdentityDecodeTarget", (1280, 320))
-    g.link(sampler, "LATENT", decode, "samples")
-    g.link(vae, "VAE", decode, "vae")
-    save = g.add("SaveImage", (1650, 0), ["instruct_identity_" + ("views" if kind == "views" else "two_characters")],
-                 size=(400, 420))
-    g.link(decode, "target", save, "images")
-    preview = g.add("PreviewImage", (1650, 470), size=(400, 300), title="References | result")
-    g.link(decode, "comparison", preview, "images")
+    sample_and_save(g, ref, vae, 1280, "instruct_identity_" + ("views" if kind == "views" else "two_characters"),
+                    "References | result")
     note = ("## Instruct Identity — " + ("several views of one character" if kind == "views" else
                                          "two characters, each bound to its half") + "\n\n"
             + ("Give the front view to the Reference node and more views through the chained **Add Reference** "
