@@ -9,8 +9,10 @@ saved one stopped. The noise and timestep of a sample depend on (seed, micro-ste
 batch) only, which makes one process with batch 2 see what two processes with batch 1 see.
 
 Several references: a pair with K references joins the batches of K (buckets are (dataset, size, K));
-with ``reference_views`` each epoch draws, per pair, how many of its references and which (a function
-of (seed, epoch, pair) as well), so the grid ``[target | ref_1 | ... | ref_K]`` varies between epochs.
+with ``reference_views = [lo, hi]`` its bucket is (dataset, size, lo..hi) and each global batch draws one
+K in that range, then each of its pairs draws which K of its references (functions of (seed, epoch,
+batch) and (seed, epoch, pair, K)), so the grid ``[target | ref_1 | ... | ref_K]`` varies between epochs
+while the number of batches per epoch, and so the meaning of a micro-step, stays fixed.
 """
 
 from __future__ import annotations
@@ -154,69 +156,83 @@ class TrainData:
             raise ValueError("no training items")
         self.items, self.specs, self.latents, self.texts = items, specs, latents, texts
         self.seed, self.world = int(seed), int(world)
-        self._plans: dict[int, list[list[int]]] = {}
-        self._views: dict[int, dict[int, tuple[int, ...]]] = {}
+        self._plans: dict[int, tuple[list[list[int]], list[int]]] = {}
         self.batches_per_epoch = len(self.plan(0))
 
     def global_batch(self, dataset: int) -> int:
         return self.specs[dataset].batch_size * self.world
 
+    def view_range(self, index: int) -> tuple[int, int]:
+        """How few and how many of item ``index``'s references one of its grids holds (0, 0 in grid mode)."""
+        it = self.items[index]
+        n = len(it.references)
+        return (n, n) if it.views is None else (min(it.views[0], n), min(it.views[1], n))
+
     @property
     def reference_range(self) -> tuple[int, int]:
         """The fewest and most references a training grid holds (0, 0 in grid mode)."""
-        ks = [k for it in self.items for k in (range(it.views[0], min(it.views[1], len(it.references)) + 1)
-                                                  if it.views else [len(it.references)])]
-        return (min(ks), max(ks)) if ks else (0, 0)
+        ranges = [self.view_range(i) for i in range(len(self.items))]
+        return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
 
-    def views(self, epoch: int, index: int) -> tuple[int, ...]:
-        """Which of item ``index``'s references (in order) its grids use in ``epoch``."""
+    def views(self, epoch: int, index: int, k: int | None = None) -> tuple[int, ...]:
+        """Which ``k`` of item ``index``'s references (in order) a grid of ``epoch`` uses (all without views)."""
         it = self.items[index]
         if it.views is None:
             return tuple(range(len(it.references)))
-        per_epoch = self._views.setdefault(epoch, {})
-        if index not in per_epoch:
-            rng = random.Random(f"{self.seed}:{epoch}:views:{index}")
-            lo, hi = it.views[0], min(it.views[1], len(it.references))
-            per_epoch[index] = tuple(rng.sample(range(len(it.references)), rng.randint(lo, hi)))
-        return per_epoch[index]
+        lo, hi = self.view_range(index)
+        k = hi if k is None else int(k)
+        if not lo <= k <= hi:
+            raise ValueError(f"item {index} takes {lo}..{hi} references, not {k}")
+        rng = random.Random(f"{self.seed}:{epoch}:views:{index}:{k}")
+        return tuple(sorted(rng.sample(range(len(it.references)), k)))
 
     def plan(self, epoch: int) -> list[list[int]]:
+        """Epoch ``epoch``'s global batches (item indices); as many every epoch."""
+        return self._plan(epoch)[0]
+
+    def batch_views(self, epoch: int) -> list[int]:
+        """How many references each global batch of ``epoch`` puts in its grids."""
+        return self._plan(epoch)[1]
+
+    def _plan(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         if epoch in self._plans:
             return self._plans[epoch]
-        self._views = {e: v for e, v in self._views.items() if e == epoch}
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(self.items):
-            groups.setdefault((it.dataset, it.bucket, len(self.views(epoch, i))), []).extend([i] * it.repeats)
-        chunks: list[list[int]] = []
-        for (d, bucket, k), idx in sorted(groups.items()):
-            rng = random.Random(f"{self.seed}:{epoch}:{d}:{bucket}" + (f":{k}" if k > 1 else ""))
+            groups.setdefault((it.dataset, it.bucket, self.view_range(i)), []).extend([i] * it.repeats)
+        batches: list[tuple[list[int], int]] = []
+        for (d, bucket, (lo, hi)), idx in sorted(groups.items()):
+            tag = "" if hi <= 1 else (f":{hi}" if lo == hi else f":{lo}-{hi}")
+            rng = random.Random(f"{self.seed}:{epoch}:{d}:{bucket}{tag}")
             idx = idx[:]
             rng.shuffle(idx)
             size = self.global_batch(d)
             for start in range(0, len(idx), size):
                 chunk = idx[start:start + size]
-                k = 0
+                j = 0
                 while len(chunk) < size:  # fill a short last batch from the same bucket
-                    chunk.append(idx[k % len(idx)])
-                    k += 1
-                chunks.append(chunk)
-        random.Random(f"{self.seed}:{epoch}").shuffle(chunks)
-        self._plans = {epoch: chunks}  # one epoch at a time
-        return chunks
+                    chunk.append(idx[j % len(idx)])
+                    j += 1
+                batches.append((chunk, lo if lo == hi else rng.randint(lo, hi)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(batches)
+        plan = ([c for c, _ in batches], [k for _, k in batches])
+        self._plans = {epoch: plan}  # one epoch at a time
+        return plan
 
     def epoch_of(self, micro_step: int) -> int:
         return micro_step // self.batches_per_epoch
 
     def micro_batch(self, micro_step: int, rank: int, device=None) -> MicroBatch:
         epoch = self.epoch_of(micro_step)
-        chunk = self.plan(epoch)[micro_step % self.batches_per_epoch]
+        position = micro_step % self.batches_per_epoch
+        chunk, k = self.plan(epoch)[position], self.batch_views(epoch)[position]
         per = len(chunk) // self.world
         ids = list(range(rank * per, (rank + 1) * per))
         items = [self.items[chunk[i]] for i in ids]
         target = torch.stack([self.latents.get(it.target)["latent"] for it in items])
         reference = None
         if items[0].reference is not None:
-            chosen = [[it.references[v] for v in self.views(epoch, chunk[i])] for it, i in zip(items, ids)]
+            chosen = [[it.references[v] for v in self.views(epoch, chunk[i], k)] for it, i in zip(items, ids)]
             panels = [torch.stack([self.latents.get(keys[j])["latent"] for keys in chosen]) for j in range(len(chosen[0]))]
             reference = panels[0] if len(panels) == 1 else panels
         texts = [self.texts.get(it.text) for it in items]

@@ -104,22 +104,27 @@ def test_training_with_one_to_three_views_buckets_by_k_and_records_the_range(tin
     assert meta["references"] == "1-3" and meta["reference_attention"] == attention
 
 
-def test_views_are_drawn_per_epoch_from_the_seed(tiny_cfg, components, tmp_path):
-    from instruct_identity.training.data import TrainData
+def test_views_are_drawn_per_batch_from_the_seed_and_every_epoch_has_as_many_batches(tiny_cfg, components, tmp_path):
+    from instruct_identity.training.data import Item, TrainData
 
-    pairs = _multi_pairs(tmp_path / "d", [3, 3, 3, 3])
+    pairs = _multi_pairs(tmp_path / "d", [3, 3, 3, 3, 3])
     toml = tmp_path / "d" / "dataset.toml"
-    toml.write_text('[general]\nresolution = 64\nbatch_size = 1\nreference_views = [1, 3]\n\n'
+    toml.write_text('[general]\nresolution = 64\nbatch_size = 2\nreference_views = [1, 3]\n\n'
                     '[[datasets]]\n  [[datasets.subsets]]\n  manifest = "pairs.jsonl"\n')
     specs, ps, problems = read_dataset(toml, _defaults(), "identity")
-    from instruct_identity.training.data import Item
-
     items = [Item(f"t{i}", "r0", "c", (64, 64), 0, 1, "s", ("r1", "r2"), p.views) for i, p in enumerate(ps)]
     a = TrainData(items, specs, None, None, seed=0, world=1)
     b = TrainData(items, specs, None, None, seed=0, world=1)
-    draws = [[a.views(e, i) for i in range(4)] for e in range(6)]
-    assert draws == [[b.views(e, i) for i in range(4)] for e in range(6)]
-    assert len({len(v) for row in draws for v in row}) > 1 and all(1 <= len(v) <= 3 for row in draws for v in row)
-    for e in range(3):
-        for chunk in a.plan(e):
-            assert len({len(a.views(e, i)) for i in chunk}) == 1   # one K per batch
+    ks = [a.batch_views(e) for e in range(8)]
+    assert ks == [b.batch_views(e) for e in range(8)]
+    # a micro-step means the same batch whatever K the batches drew: the epoch length never changes
+    assert all(len(a.plan(e)) == a.batches_per_epoch == 3 for e in range(8))
+    assert {k for row in ks for k in row} == {1, 2, 3}
+    for e in range(4):
+        for chunk, k in zip(a.plan(e), a.batch_views(e)):
+            for i in chunk:
+                v = a.views(e, i, k)
+                assert len(v) == k and len(set(v)) == k and v == b.views(e, i, k) and max(v) < 3
+    assert a.reference_range == (1, 3)
+    with pytest.raises(ValueError):
+        a.views(0, 0, 4)
