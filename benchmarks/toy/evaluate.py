@@ -206,7 +206,47 @@ class CharisColor:
         return float(res.value) if res.value is not None else 0.0
 
 
-METRICS = ("charis_color", "part_color_acc", "part_color_err", "sil_iou", "copy_paste")
+# palette colours and their pattern shade (sprites.render darkens a patterned torso to 0.45): one name each
+_SHADES = np.concatenate([_PALETTE, _PALETTE * 0.45, np.ones((1, 3), np.float32)])
+_SHADE_NAMES = _NAMES + _NAMES + [None]
+
+
+def palette_names(out: np.ndarray) -> np.ndarray:
+    """Per pixel of a ``[H, W, 3]`` 0..1 picture: the index into ``_SHADE_NAMES`` folded onto the colour
+    (a palette colour or its pattern shade -> that colour; white -> ``len(_NAMES)``)."""
+    d = ((out[..., None, :] - _SHADES) ** 2).sum(-1)
+    idx = d.argmin(-1)
+    return np.where(idx < 2 * len(_NAMES), idx % len(_NAMES), len(_NAMES))
+
+
+def _inner(mask: np.ndarray) -> np.ndarray:
+    """``mask`` eroded by one pixel (4-neighbourhood), or ``mask`` itself where that leaves < 4 pixels:
+    speckle is about the inside of a part, not about a silhouette drawn one pixel off."""
+    m = mask.copy()
+    m[1:] &= mask[:-1]
+    m[:-1] &= mask[1:]
+    m[:, 1:] &= mask[:, :-1]
+    m[:, :-1] &= mask[:, 1:]
+    return m if m.sum() >= 4 else mask
+
+
+def speckle(out: np.ndarray, masks: dict) -> float:
+    """Speckle rate of one picture (``[H, W, 3]`` in 0..1), defined before any result was looked at: the
+    share of pixels inside the ground-truth part masks (each eroded by one pixel) whose nearest palette
+    colour -- a pattern's darker shade counts as its colour, white as background -- is not the majority
+    colour of that part's pixels. 0 = every part drawn in one clean colour; NaN when there are no parts."""
+    names = palette_names(out.astype(np.float32))
+    bad = total = 0
+    for mask in masks.values():
+        if not mask.any():
+            continue
+        inner = names[_inner(mask)]
+        bad += int(inner.size - np.bincount(inner).max())
+        total += int(inner.size)
+    return bad / total if total else math.nan
+
+
+METRICS = ("charis_color", "part_color_acc", "part_color_err", "sil_iou", "copy_paste", "speckle")
 
 
 def score(outputs: np.ndarray, items: list[EvalItem], charis: CharisColor | None = None) -> dict:
@@ -226,6 +266,7 @@ def score(outputs: np.ndarray, items: list[EvalItem], charis: CharisColor | None
         per["part_color_acc"].append(correct / n)
         per["part_color_err"].append(err / n)
         per["charis_color"].append(charis(it.reference.astype(np.float32) / 255.0, out) if charis else math.nan)
+        per["speckle"].append(speckle(out, it.target_masks))
     summary = {}
     for m, vals in per.items():
         v = np.asarray(vals, np.float64)

@@ -316,3 +316,21 @@ def test_multi_quick_profile_end_to_end(tmp_path, comfy):
     assert multi.main(args) == 0
     again = json.loads((work / "results.json").read_text())["multi"]
     assert all(r.get("cached") for r in again["runs"])
+
+
+def test_speckle_counts_stray_colours_inside_parts_not_patterns_or_edges(toy):
+    data, evaluate, sprites = toy
+    char = sprites.Character("red", "blue", "green", "striped", "yellow")
+    img, masks = sprites.render(char, sprites.Pose("center", "large", "standing"), 32)
+    clean = img.astype(np.float32) / 255.0
+    assert evaluate.speckle(clean, masks) == 0.0          # stripes are the torso's own shade, not speckle
+    inner = evaluate._inner(masks["torso"])
+    ys, xs = np.nonzero(inner)
+    dirty = clean.copy()
+    dirty[ys[:5], xs[:5]] = np.array(sprites.PALETTE["pink"]) / 255.0
+    total = sum(int(evaluate._inner(m).sum()) for m in masks.values() if m.any())
+    assert evaluate.speckle(dirty, masks) == pytest.approx(5 / total)
+    shifted = np.ones_like(clean)                          # the whole figure drawn one pixel to the right
+    shifted[:, 1:] = clean[:, :-1]
+    assert evaluate.speckle(shifted, masks) < 0.5 * evaluate.speckle(np.roll(clean, 4, axis=1), masks)
+    assert math.isnan(evaluate.speckle(clean, {"head": np.zeros((32, 32), bool)}))
