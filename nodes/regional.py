@@ -46,8 +46,8 @@ class GridLayout(io.ComfyNode):
             description="Split a canvas into rows x columns of equal cells separated by a gutter; one prompt line per cell "
                         "(reading order). Cells without a line follow the base prompt alone.",
             inputs=[
-                io.Int.Input("width", default=1536, min=64, max=8192, step=16, tooltip="Canvas width in pixels (use the latent's size)."),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=16, tooltip="Canvas height in pixels."),
+                io.Int.Input("width", default=1536, min=16, max=8192, step=16, tooltip="Canvas width in pixels (use the latent's size)."),
+                io.Int.Input("height", default=1024, min=16, max=8192, step=16, tooltip="Canvas height in pixels."),
                 io.Int.Input("rows", default=2, min=1, max=16),
                 io.Int.Input("cols", default=3, min=1, max=16),
                 io.Int.Input("gutter", default=16, min=0, max=512, tooltip="Pixels between cells (background). Multiples of 16 keep cells on FLUX's token grid."),

@@ -54,6 +54,17 @@ SOCKETS = {
     "InstructIdentityDemoReference": ([], [("IMAGE", "IMAGE")]),
     "PreviewImage": ([("images", "IMAGE")], []),
     "MarkdownNote": ([], []),
+    "InstructIdentityCharacterSheetBatch": ([], [("name", "STRING"), ("base_prompt", "STRING"), ("cell_prompts", "STRING"),
+                                                 ("captions", "STRING"), ("seed", "INT"), ("filename_prefix", "STRING"),
+                                                 ("count", "INT")]),
+    "InstructIdentityGridLayout": ([], [("layout", "II_REGION_LAYOUT"), ("json", "STRING"), ("region_masks", "MASK"),
+                                        ("preview", "IMAGE")]),
+    "InstructIdentityRegionalPrompting": ([("model", "MODEL"), ("clip", "CLIP"), ("conditioning", "CONDITIONING"),
+                                           ("layout", "II_REGION_LAYOUT")], [("model", "MODEL"), ("conditioning", "CONDITIONING")]),
+    "EmptyImage": ([], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "InstructIdentitySaveSheet": ([("images", "IMAGE"), ("layout", "II_REGION_LAYOUT")], [("sheet_path", "STRING")]),
 }
 
 
@@ -63,12 +74,14 @@ class Graph:
         self.links: list[list] = []
         self.api: dict[int, tuple[str, dict]] = {}
 
-    def add(self, type_: str, pos, widgets=(), size=(320, 120), title=None, models=(), api: dict | None = None):
+    def add(self, type_: str, pos, widgets=(), size=(320, 120), title=None, models=(), api: dict | None = None,
+            seed_control: bool = True):
         """``api``: the widget values by name, for graphs also written in API format (``widgets`` is then
-        derived from it, with the seed's "fixed" control value after the seed as the UI stores it)."""
+        derived from it, with the seed's "fixed" control value after the seed as the UI stores it, unless
+        the node's seed has no control: ``seed_control=False``)."""
         node_id = len(self.nodes) + 1
         if api is not None:
-            widgets = [x for k, v in api.items() for x in ((v, "fixed") if k == "seed" else (v,))]
+            widgets = [x for k, v in api.items() for x in ((v, "fixed") if k == "seed" and seed_control else (v,))]
             self.api[node_id] = (type_, dict(api))
         ins, outs = SOCKETS[type_]
         node = {
@@ -89,9 +102,12 @@ class Graph:
     def link(self, src: int, out_name: str, dst: int, in_name: str):
         s, d = self.nodes[src - 1], self.nodes[dst - 1]
         oi = next(i for i, o in enumerate(s["outputs"]) if o["name"] == out_name)
-        ii = next(i for i, x in enumerate(d["inputs"]) if x["name"] == in_name)
-        link_id = len(self.links) + 1
         typ = s["outputs"][oi]["type"]
+        ii = next((i for i, x in enumerate(d["inputs"]) if x["name"] == in_name), None)
+        if ii is None:  # a widget fed by a link (the UI keeps the widget's value beside the link)
+            d["inputs"].append({"name": in_name, "type": typ, "widget": {"name": in_name}, "link": None})
+            ii = len(d["inputs"]) - 1
+        link_id = len(self.links) + 1
         self.links.append([link_id, src, oi, dst, ii, typ])
         s["outputs"][oi]["links"].append(link_id)
         d["inputs"][ii]["link"] = link_id
@@ -249,6 +265,81 @@ def demo_graph() -> Graph:
     return g
 
 
+MINIATURE_SHEETS = "character_sheet_regional_batch_miniature.json"
+MINIATURE_SHEETS_API = REPO / "miniature" / "sheets_prompt.json"
+MINIATURE_CELL = 32      # the miniature draws 32 px sprites; a sheet is 1 x 2 cells (two views, as it was trained)
+MINIATURE_ZOOM = 4       # sheets are saved 4x larger (nearest): CHARIS's colour segmentation needs more than 32 px
+
+
+def miniature_sheets_graph() -> Graph:
+    """Stage I of the paper's curation on the miniature FLUX: the shipped character-sheet batch workflow
+    with the demo loader in place of the FLUX loaders (everything else is the FLUX path)."""
+    g = Graph()
+    loader = g.add("InstructIdentityDemoModel", (0, 0), size=(340, 110), title="Demo model (miniature FLUX, CPU)",
+                   api={"base": DEMO_BASE})
+    batch = g.add("InstructIdentityCharacterSheetBatch", (0, 160), size=(420, 520), seed_control=False,
+                  api={"characters": "c001: a red head, a striped blue torso, green legs, a yellow hat\n"
+                                     "c002: a cyan head, a plain orange torso, purple legs",
+                       "poses": "the character standing, large, on the left\nthe character lying, small, on the right",
+                       "format": "auto", "seed": 0, "base_template": "two views. {description}",
+                       "cell_template": "{description}. {pose}", "folder": "character_sheets_miniature"})
+    base = g.add("CLIPTextEncode", (480, 0), size=(360, 120), title="Base (identity) prompt", api={"text": ""})
+    g.link(batch, "base_prompt", base, "text")
+    g.link(loader, "CLIP", base, "clip")
+    negative = g.add("CLIPTextEncode", (480, 170), size=(360, 100), title="Negative (empty caption)", api={"text": ""})
+    g.link(loader, "CLIP", negative, "clip")
+    w, h = 2 * MINIATURE_CELL, MINIATURE_CELL
+    grid = g.add("InstructIdentityGridLayout", (480, 320), size=(360, 360),
+                 api={"width": w, "height": h, "rows": 1, "cols": 2, "gutter": 0, "prompts": "", "captions": "",
+                      "background_prompt": ""})
+    g.link(batch, "cell_prompts", grid, "prompts")
+    g.link(batch, "captions", grid, "captions")
+    regional = g.add("InstructIdentityRegionalPrompting", (890, 0), size=(340, 260),
+                     api={"image_attention": "blocked", "base_ratio": 0.0, "start": 0.0, "end": 1.0,
+                          "double_blocks": "all", "single_blocks": "all"})
+    for src, out_name, in_name in ((loader, "MODEL", "model"), (loader, "CLIP", "clip"), (base, "CONDITIONING", "conditioning"),
+                                   (grid, "layout", "layout")):
+        g.link(src, out_name, regional, in_name)
+    canvas = g.add("EmptyImage", (890, 310), size=(300, 130), title="Canvas (the miniature's latent is 1/2 scale)",
+                   api={"width": w, "height": h, "batch_size": 1, "color": 0xFFFFFF})
+    encode = g.add("VAEEncode", (890, 480), size=(240, 60), api={})
+    g.link(canvas, "IMAGE", encode, "pixels")
+    g.link(loader, "VAE", encode, "vae")
+    sampler = g.add("KSampler", (1240, 0), size=(320, 270),
+                    api={"seed": 0, "steps": 24, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0})
+    g.link(regional, "model", sampler, "model")
+    g.link(batch, "seed", sampler, "seed")
+    g.link(regional, "conditioning", sampler, "positive")
+    g.link(negative, "CONDITIONING", sampler, "negative")
+    g.link(encode, "LATENT", sampler, "latent_image")
+    decode = g.add("VAEDecode", (1240, 320), size=(240, 60), api={})
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(loader, "VAE", decode, "vae")
+    zoom = g.add("ImageScaleBy", (1240, 420), size=(300, 90), title=f"Zoom {MINIATURE_ZOOM}x (sharp pixels)",
+                 api={"upscale_method": "nearest-exact", "scale_by": float(MINIATURE_ZOOM)})
+    g.link(decode, "IMAGE", zoom, "image")
+    save = g.add("InstructIdentitySaveSheet", (1600, 0), size=(380, 420), seed_control=False,
+                 api={"filename_prefix": "character_sheets_miniature/sheet", "character": "", "base_prompt": "", "seed": 0})
+    g.link(zoom, "IMAGE", save, "images")
+    g.link(grid, "layout", save, "layout")
+    for out_name, in_name in (("filename_prefix", "filename_prefix"), ("name", "character"), ("base_prompt", "base_prompt"),
+                              ("seed", "seed")):
+        g.link(batch, out_name, save, in_name)
+    note = (
+        "## Character sheets on the miniature FLUX (CPU, seconds)\n\n"
+        "Stage I of the paper's data curation with the built-in demo model: one two-view sheet per character "
+        "(`name: description` per line; the miniature knows sprite colours, e.g. `a red head, a striped blue torso, "
+        "green legs, a yellow hat`), each cell following its own prompt (description + pose) through **Regional "
+        "Prompting**, cells isolated (`blocked`) for the whole schedule (on the miniature far more consistent cells "
+        "than the FLUX template's `global` for the first 30 % of the steps: `docs/curation-replication.md`). "
+        "Sheets land in `output/character_sheets_miniature/` with their layout; **Sheets to Dataset** (or `ii-curate`) "
+        "turns them into pairs. Measured end to end in `docs/curation-replication.md`; with FLUX use "
+        "`character_sheet_regional_batch.json` (docs/character-sheets.md)."
+    )
+    g.add("MarkdownNote", (0, 720), [note], size=(420, 260), title="How to use")
+    return g
+
+
 def half_mask(g: Graph, side: str, pos, size: int = 1024) -> int:
     """Stock mask nodes: 1 over the left or right half of a size x size target, 0 elsewhere."""
     empty = g.add("SolidMask", pos, [0.0, size, size], size=(240, 110), title="empty target mask")
@@ -326,6 +417,10 @@ def main() -> None:
         print(f"wrote workflows/{name}")
     DEMO_API.write_text(json.dumps(demo.to_api(), indent=1) + "\n")
     print(f"wrote {DEMO_API.relative_to(REPO)}")
+    sheets = miniature_sheets_graph()
+    (OUT / MINIATURE_SHEETS).write_text(json.dumps(sheets.to_json(), indent=1) + "\n")
+    MINIATURE_SHEETS_API.write_text(json.dumps(sheets.to_api(), indent=1) + "\n")
+    print(f"wrote workflows/{MINIATURE_SHEETS} and {MINIATURE_SHEETS_API.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

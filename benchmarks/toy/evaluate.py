@@ -159,6 +159,38 @@ def part_guesses(out: np.ndarray, item: EvalItem) -> dict[str, tuple[str | None,
     return out_parts
 
 
+_FIT_CHARS = (sprites.Character("red", "blue", "green", "plain", "red"),
+              sprites.Character("red", "blue", "green", "plain", "none"))
+
+
+def best_pose(rgb: np.ndarray) -> tuple[sprites.Pose, dict, float]:
+    """The sprite pose (and hat or not) whose silhouette best overlaps a picture's figure (``[H, W, 3]``
+    0..1): (pose, its part masks, IoU). How the miniature reads a picture it has no ground truth for."""
+    fig = figure_mask(rgb)
+    best = (None, None, -1.0)
+    for pose in sprites.ALL_POSES:
+        for char in _FIT_CHARS:
+            masks = sprites.render(char, pose, rgb.shape[0])[1]
+            score = iou(fig, sprites.silhouette(masks))
+            if score > best[2]:
+                best = (pose, masks, score)
+    return best
+
+
+def part_colours_seen(rgb: np.ndarray, masks: dict) -> dict[str, str | None]:
+    """Per part: the majority palette colour inside its mask (a pattern's shade counts as its colour;
+    ``"none"`` for white or a hat mask that is empty; None for an empty body-part mask)."""
+    names = palette_names(rgb)
+    out = {}
+    for part, m in masks.items():
+        if not m.any():
+            out[part] = "none" if part == "hat" else None
+            continue
+        k = int(np.bincount(names[m], minlength=len(_NAMES) + 1).argmax())
+        out[part] = _NAMES[k] if k < len(_NAMES) else "none"
+    return out
+
+
 def true_color(char: sprites.Character, part: str) -> str:
     return getattr(char, part) if part != "hat" else char.hat
 

@@ -40,8 +40,7 @@ from instruct_identity.miniature import sprites
 from . import evaluate
 
 JUDGED_PARTS = ("head", "torso", "legs", "hat")
-_DUMMY = sprites.Character("red", "blue", "green", "plain", "red")
-_DUMMY_NO_HAT = sprites.Character("red", "blue", "green", "plain", "none")
+SPRITE = 32  # the miniature's picture size; larger pictures are read at this size
 
 
 def _task_markers() -> dict[str, str]:
@@ -65,30 +64,17 @@ def task_of(prompt: str) -> str | None:
 
 
 class Reading:
-    """What the judge sees in one ``[H, W, 3]`` uint8 picture (one sprite)."""
+    """What the judge sees in one ``[H, W, 3]`` uint8 picture (one sprite): the best-fitting pose and
+    the colour inside each of its part regions."""
 
     def __init__(self, rgb: np.ndarray):
+        if rgb.shape[0] != SPRITE or rgb.shape[1] != SPRITE:  # an enlarged sprite: back to its own grid (box filter)
+            rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((SPRITE, SPRITE), Image.Resampling.BOX))
         img = rgb.astype(np.float32) / 255.0
-        size = img.shape[0]
-        fig = evaluate.figure_mask(img)
-        best = (-1.0, None, None)
-        for pose in sprites.ALL_POSES:
-            for char in (_DUMMY, _DUMMY_NO_HAT):
-                masks = sprites.render(char, pose, size)[1]
-                score = evaluate.iou(fig, sprites.silhouette(masks))
-                if score > best[0]:
-                    best = (score, pose, masks)
-        self.fit, self.pose, masks = best
-        names = evaluate.palette_names(img)
-        self.colours: dict[str, str | None] = {}
-        for part in JUDGED_PARTS:
-            m = masks[part]
-            if not m.any():
-                self.colours[part] = None if part != "hat" else "none"
-                continue
-            counts = np.bincount(names[m], minlength=len(evaluate._NAMES) + 1)
-            k = int(counts.argmax())
-            self.colours[part] = evaluate._NAMES[k] if k < len(evaluate._NAMES) else "none"
+        self.figure = evaluate.figure_mask(img)
+        self.pose, masks, self.fit = evaluate.best_pose(img)
+        seen = evaluate.part_colours_seen(img, masks)
+        self.colours: dict[str, str | None] = {part: seen[part] for part in JUDGED_PARTS}
 
     def attributes(self) -> list[dict]:
         return [{"attribute": f"{part} colour", "value": self.colours[part] or "unknown", "region": part}
@@ -134,16 +120,14 @@ def identity_answer(ref: Reading, gen: Reading) -> dict:
     return {"verdicts": verdicts, "score": score}
 
 
-def prompt_answer(prompt: str, gen: Reading, rgb: np.ndarray) -> dict:
+def prompt_answer(prompt: str, gen: Reading) -> dict:
     want = pose_words(prompt)
     missing = []
     if want is None:
         score = 4 if gen.fit > 0.5 else 2
     else:
-        size = rgb.shape[0]
-        fig = evaluate.figure_mask(rgb.astype(np.float32) / 255.0)
-        sil = sprites.silhouette(sprites.render(_DUMMY if gen.colours["hat"] != "none" else _DUMMY_NO_HAT, want, size)[1])
-        score = min(4, int(evaluate.iou(fig, sil) * 5))
+        sil = sprites.silhouette(sprites.render(evaluate._FIT_CHARS[gen.colours["hat"] == "none"], want, SPRITE)[1])
+        score = min(4, int(evaluate.iou(gen.figure, sil) * 5))
         if gen.pose != want:
             missing.append(want.caption())
     for part, colour in named_colours(prompt).items():
@@ -254,7 +238,7 @@ class PaletteJudge:
             ans = identity_answer(readings[0], readings[1])
         elif task == "prompt" and readings:
             quoted = re.search(r'prompt: "(.*)"', prompt)
-            ans = prompt_answer(quoted.group(1) if quoted else prompt, readings[-1], images[-1])
+            ans = prompt_answer(quoted.group(1) if quoted else prompt, readings[-1])
         elif task == "diversity" and len(readings) >= 2:
             ans = diversity_answer(readings[0], readings[1])
         elif task == "caption" and readings:
@@ -284,14 +268,14 @@ class PaletteJudge:
         self.close()
 
 
-def charis_config(judge: PaletteJudge | None, cache_dir: str | None = None, color_threshold: float = 0.8,
+def charis_config(judge: PaletteJudge | None, cache_dir: str | None = None, color_threshold: float = 0.6,
                   identity_threshold: float = 0.9) -> dict:
     """The CHARIS filter config of the miniature: colour only without a judge; identity + colour +
     diversity with one (no quality axis: CLIP-IQA needs weights this machine does not have).
 
-    Thresholds for pictures shown 4x enlarged (CHARIS's colour segmentation needs more than 32 px):
-    colour 0.8 sits between the medians of same-character (0.90) and one-part-drifted (0.72) pairs of
-    rendered sprites; identity 0.9 because a sprite has 3-4 judged parts, so one wrong part is 0.75."""
+    Thresholds: CHARIS's filter-mode defaults (colour 0.6, diversity 0.5), except identity 0.9 instead
+    of 0.75, because a sprite has 4 judged parts, so one wrong part is exactly 0.75. Pictures go in 4x
+    enlarged (CHARIS's colour segmentation needs more than 32 px)."""
     cfg: dict = {"mode": "filter", "device": "cpu", "quality": {"backend": "none"}, "color": {"segmenter": "cluster"}}
     if cache_dir:
         cfg["cache_dir"] = cache_dir

@@ -1,0 +1,649 @@
+"""The paper's data curation, end to end, in the miniature world (issue 20).
+
+    .venv/bin/python -m benchmarks.toy.curation                  # full profile (background it; cached per stage)
+    .venv/bin/python -m benchmarks.toy.curation --profile quick  # minutes: every stage once, small
+
+A text-only base (the shipped miniature FLUX, ``demo/models/ii_demo_base.safetensors``) makes its own
+training pairs, through the user's path:
+
+1. **Stage I sheets**: training characters given only as text (``name: description``) and pose
+   prompts go into the shipped character-sheet batch workflow, queued on a real ComfyUI server with
+   the miniature's loader in place of the FLUX loaders (``workflows/character_sheet_regional_batch_miniature.json``,
+   API form ``miniature/sheets_prompt.json``): regional prompting, one two-view sheet per character and
+   pose pair, saved 4x enlarged with its layout.
+2. **Curation**: ``ii-curate`` (``curation.cli.main``, the console script's code) cuts, dedups and pairs
+   the sheets, unfiltered and with ``--filter charis``: colour axis only (no judge), and with the
+   simulated VLM judge (``judge.PaletteJudge``) at error rates 0, 0.2, 0.4 answering CHARIS's own prompts.
+3. **Ground truth for every cell**: the character and pose it was asked for are known, so each cell
+   is *consistent* when every part has the character's colour (``evaluate.part_guesses`` on the
+   requested pose's part masks), and each candidate pair is *good* when both its cells are; the filter
+   is then a detector of good pairs (precision, recall), beside the yield (sheets -> cells -> pairs kept,
+   with the reasons for each drop) and the speckle rate of the cells.
+4. **Stage II**: a grid LoRA (the trainer's ``mode = "grid"``) on the Stage I sheets the judge (error 0)
+   kept whole; new sheets from it (same workflow, a LoraLoaderModelOnly after the loader); curated again.
+5. **Identity LoRAs on curated data only** (the toy replication's job code and evaluation: held-out
+   characters, distinct and near splits, seeds, paired differences), for Stage I + filter, Stage I
+   unfiltered, Stage I + II + filter, and the ground-truth-pairs LoRA (pairs drawn by the renderer) as
+   the reference row, all at the profile's step budget.
+
+Results: ``docs/curation-replication.json`` (``--out``), ``docs/curation-replication.md`` generated from
+it (``curation_report.py``), pictures under ``docs/images/toy/curation-*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("toy.curation")
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_FILE = REPO / "demo" / "models" / "ii_demo_base.safetensors"
+SHEETS_PROMPT = REPO / "miniature" / "sheets_prompt.json"
+SHEETS_TEMPLATE = REPO / "workflows" / "character_sheet_regional_batch_miniature.json"
+ZOOM = 4      # sheets are saved 4x enlarged (the template's ImageScaleBy)
+SIZE = 32     # one cell of the miniature
+SHEET_FOLDER = "character_sheets_miniature"
+FORMAT = "toy-curation-v1"
+
+
+@dataclass(frozen=True)
+class CurationProfile:
+    name: str
+    characters: int                 # training characters, given as text only
+    sheets_per_character: int       # one pose pair per sheet
+    seeds: int                      # identity LoRA seeds per configuration
+    identity_steps: int             # identity LoRA budget (B-masked-2400: 2400)
+    grid_steps: int                 # Stage II grid LoRA budget
+    eval_items: int = 32
+    heldout_pairs: int = 24
+    sample_steps: int = 24
+    sheet_steps: int = 24
+    sheet_cfg: float = 4.0
+    judge_errors: tuple = (0.0, 0.2, 0.4)
+    gt_pairs: int = 2000            # the ground-truth-pairs LoRA's data (as the toy replication)
+    batch: int = 16
+    rank: int = 16
+    lr: float = 0.005
+    grid_rank: int = 16
+    grid_lr: float = 0.002
+    regional: dict = field(default_factory=dict)   # Regional Prompting widgets over the template's (none: as shipped)
+    sweep_characters: int = 24                     # characters (x 2 pose pairs) of the Stage I settings sweep
+    base_template: str | None = None              # None: the template's
+    cell_template: str | None = None
+
+
+# Stage I settings compared on a subset (the shipped miniature template's against the FLUX template's)
+SWEEP = {
+    "shipped: description + pose per cell, blocked, whole schedule, base ratio 0": {},
+    "as blocked, base ratio 0.2": {"regional": {"base_ratio": 0.2}},
+    "description + pose per cell, global, whole schedule": {"regional": {"image_attention": "global", "base_ratio": 0.2}},
+    "FLUX template's settings: pose per cell, global, first 30 % of steps": {
+        "cell_template": "{pose}", "regional": {"image_attention": "global", "end": 0.3, "base_ratio": 0.2}},
+}
+
+PROFILES = {
+    "quick": CurationProfile("quick", characters=6, sheets_per_character=2, seeds=1, identity_steps=6, grid_steps=6,
+                             eval_items=4, heldout_pairs=4, sample_steps=4, judge_errors=(0.0, 0.4), gt_pairs=16,
+                             batch=4, sweep_characters=2),
+    "full": CurationProfile("full", characters=100, sheets_per_character=6, seeds=3, identity_steps=600, grid_steps=600),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# characters and sheets
+
+
+def training_characters(n: int):
+    """The first ``n`` training characters of the toy replication (never held out)."""
+    from instruct_identity.miniature import sprites
+
+    train, _ = sprites.split_characters(100_000, 200, seed=0)
+    return train[:n]
+
+
+def pose_pairs(n: int, seed: int) -> list[tuple]:
+    """``n`` pose pairs (two different poses), one per sheet of every character."""
+    from instruct_identity.miniature import sprites
+
+    rng = random.Random(f"curation-poses:{seed}")
+    return [tuple(rng.sample(sprites.ALL_POSES, 2)) for _ in range(n)]
+
+
+def char_name(ci: int, sheet: int) -> str:
+    return f"c{ci:04d}s{sheet}"
+
+
+def parse_name(name: str) -> tuple[int, int]:
+    stem = Path(name).name.split("_")[0]
+    return int(stem[1:5]), int(stem[6:])
+
+
+def sheets_prompt(chars: list, poses: tuple, sheet: int, p: CurationProfile, seed: int, folder: str,
+                  lora: str | None = None) -> dict:
+    """The template's API graph for one pose pair: every character once (the batch node's list)."""
+    prompt = json.loads(SHEETS_PROMPT.read_text())
+    by_type = {v["class_type"]: k for k, v in prompt.items()}
+    batch = prompt[by_type["InstructIdentityCharacterSheetBatch"]]["inputs"]
+    batch["characters"] = "\n".join(f"{char_name(ci, sheet)}: {c.describe()}" for ci, c in enumerate(chars))
+    batch["poses"] = "\n".join(pose.caption() for pose in poses)
+    batch["seed"] = int(seed) + 7919 * sheet
+    batch["folder"] = folder
+    for key in ("base_template", "cell_template"):
+        if getattr(p, key) is not None:
+            batch[key] = getattr(p, key)
+    sampler = prompt[by_type["KSampler"]]["inputs"]
+    sampler.update(steps=p.sheet_steps, cfg=p.sheet_cfg)
+    regional = prompt[by_type["InstructIdentityRegionalPrompting"]]["inputs"]
+    regional.update(p.regional)
+    if lora is not None:  # Stage II: the grid LoRA between the loader and everything that uses its model
+        loader = by_type["InstructIdentityDemoModel"]
+        prompt["lora"] = {"class_type": "LoraLoaderModelOnly",
+                          "inputs": {"model": [loader, 0], "lora_name": lora, "strength_model": 1.0}}
+        for node in prompt.values():
+            for k, v in node["inputs"].items():
+                if v == [loader, 0] and node is not prompt["lora"]:
+                    node["inputs"][k] = ["lora", 0]
+    return prompt
+
+
+def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[tuple], p: CurationProfile, seed: int,
+                lora: str | None = None) -> dict:
+    """Queue one prompt per pose pair on ``server``; the sheets and their layouts land in ``out``. Cached."""
+    done = out / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder = f"{SHEET_FOLDER}/{stage}"
+    target = server.output / folder
+    if target.exists():
+        shutil.rmtree(target)  # a half-made stage: start it again
+    template = json.loads(SHEETS_TEMPLATE.read_text())
+    t0 = time.perf_counter()
+    for j, poses in enumerate(pairs):
+        server.run(sheets_prompt(chars, poses, j, p, seed, folder, lora), template)
+        log.info("%s: sheets for pose pair %d/%d", stage, j + 1, len(pairs))
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(target, out)
+    info = {"sheets": len(list(out.glob("*.png"))), "wall_s": time.perf_counter() - t0}
+    from instruct_identity.core.files import atomic_write_text
+
+    atomic_write_text(done, json.dumps(info))
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# ground truth
+
+
+def shrink(cell: np.ndarray) -> np.ndarray:
+    """A 4x-enlarged uint8 cell back to 32 px, 0..1: the mean of each 4 x 4 block (exact for nearest)."""
+    h, w = cell.shape[0] // ZOOM, cell.shape[1] // ZOOM
+    return cell[: h * ZOOM, : w * ZOOM].reshape(h, ZOOM, w, ZOOM, 3).astype(np.float32).mean((1, 3)) / 255.0
+
+
+def pose_of(caption: str):
+    from instruct_identity.miniature import sprites
+
+    return next((q for q in sprites.ALL_POSES if q.caption() == caption.strip()), None)
+
+
+def cell_truth(cell: np.ndarray, char, pose) -> dict:
+    """Ground truth of one generated cell asked to show ``char`` in ``pose``: *consistent* when every part
+    of the best-fitting sprite pose has the character's colour (and a hat exactly when it has one) --
+    identity, whatever pose was drawn; *on prompt* when the figure overlaps the requested pose's
+    silhouette by IoU >= 0.5; speckle inside the drawn parts."""
+    from instruct_identity.miniature import sprites
+
+    from . import evaluate
+
+    out = shrink(cell)
+    drawn, masks, fit = evaluate.best_pose(out)
+    seen = evaluate.part_colours_seen(out, masks)
+    want = {part: evaluate.true_color(char, part) for part in sprites.PARTS}
+    wrong = [part for part in sprites.PARTS if seen[part] != want[part]]
+    asked = sprites.silhouette(sprites.render(char, pose, SIZE)[1])
+    sil = evaluate.iou(evaluate.figure_mask(out), asked)
+    return {"pose": pose.caption(), "drawn_pose": drawn.caption(), "fit": fit, "consistent": not wrong,
+            "wrong_parts": wrong, "parts_right": len(sprites.PARTS) - len(wrong), "parts": len(sprites.PARTS),
+            "sil_iou": sil, "on_prompt": sil >= 0.5, "speckle": evaluate.speckle(out, masks)}
+
+
+def sheets_truth(folder: Path, chars: list) -> dict[str, dict]:
+    """Per sheet file name: its character and each cell's ground-truth check."""
+    from instruct_identity.curation.pipeline import load_picture, split_sheet
+    from instruct_identity.curation.sheets import read_sheet_info
+
+    truth = {}
+    for path in sorted(folder.glob("*.png")):
+        info = read_sheet_info(path)
+        ci, sheet = parse_name(path.name)
+        cells = split_sheet(load_picture(path), info)
+        checks = [cell_truth(c, chars[ci], pose_of(cap)) for c, cap in zip(cells, info.layout.captions)]
+        truth[path.name] = {"character": ci, "sheet": sheet, "cells": checks,
+                            "consistent": all(c["consistent"] for c in checks)}
+    return truth
+
+
+def consistency(truth: dict[str, dict]) -> dict:
+    cells = [c for t in truth.values() for c in t["cells"]]
+    return {"sheets": len(truth), "cells": len(cells),
+            "cells_consistent": _share(c["consistent"] for c in cells),
+            "sheets_consistent": _share(t["consistent"] for t in truth.values()),
+            "part_colour_acc": float(np.mean([c["parts_right"] / c["parts"] for c in cells])) if cells else math.nan,
+            "cells_on_prompt": _share(c["on_prompt"] for c in cells),
+            "sil_iou": float(np.mean([c["sil_iou"] for c in cells])) if cells else math.nan,
+            "speckle": float(np.nanmean([c["speckle"] for c in cells])) if cells else math.nan}
+
+
+def _share(values) -> float:
+    v = [bool(x) for x in values]
+    return sum(v) / len(v) if v else math.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# curation and the filter as a detector
+
+
+def filter_configs(p: CurationProfile) -> list[dict]:
+    return ([{"name": "unfiltered", "filter": "off", "judge_error": None},
+             {"name": "colour-only", "filter": "charis", "judge_error": None}]
+            + [{"name": f"judge-{e:g}", "filter": "charis", "judge_error": float(e)} for e in p.judge_errors])
+
+
+def curate(sheets: Path, dataset: Path, config: dict, work: Path, seed: int) -> dict:
+    """``ii-curate SHEETS DATASET [--filter charis --charis-config CFG]``; returns its report. Cached."""
+    from instruct_identity.core.files import atomic_write_text
+    from instruct_identity.curation import cli
+
+    from . import judge as J
+
+    report_file = dataset.parent / f"{dataset.name}.report.json"
+    if report_file.is_file():
+        return json.loads(report_file.read_text())
+    if dataset.exists():
+        shutil.rmtree(dataset)
+    argv = [str(sheets), str(dataset), "--report", str(report_file)]
+    server = None
+    try:
+        if config["filter"] == "charis":
+            server = J.PaletteJudge(config["judge_error"], seed=seed) if config["judge_error"] is not None else None
+            cfg_file = dataset.parent / f"{dataset.name}.charis.json"
+            atomic_write_text(cfg_file, json.dumps(J.charis_config(server, cache_dir=None), indent=1))
+            argv += ["--filter", "charis", "--charis-config", str(cfg_file)]
+        t0 = time.perf_counter()
+        code = cli.main(argv)
+        if code != 0:
+            raise RuntimeError(f"ii-curate {' '.join(argv)} exited with {code}")
+        report = json.loads(report_file.read_text())
+        report["wall_s"] = time.perf_counter() - t0
+        if server is not None:
+            report["judge"] = {"requests": server.requests, "corrupted": server.corrupted, "by_task": server.by_task}
+    finally:
+        if server is not None:
+            server.close()
+    atomic_write_text(report_file, json.dumps(report))
+    return report
+
+
+def manifest_rows(dataset: Path) -> list[dict]:
+    """The dataset's manifest lines (none when the filter kept nothing: then ii-curate writes no manifest)."""
+    f = dataset / "pairs.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
+
+
+def _pair_cells(item: str) -> tuple[int, int] | None:
+    if not item.startswith("pair "):
+        return None
+    a, b = item[5:].split("->")
+    return int(a), int(b)
+
+
+def detector(truth: dict[str, dict], dataset: Path, report: dict) -> dict:
+    """The filter as a detector of good pairs (both cells consistent with the character asked for)."""
+    kept = {(Path(row["sheet"]).name, *row["cells"]) for row in manifest_rows(dataset)}
+    considered: dict[tuple, str] = {(Path(s).name, *c): "kept" for s, *c in kept}
+    for d in report.get("dropped", []):
+        cells = _pair_cells(d["item"])
+        if cells is not None:
+            considered[(Path(d["sheet"]).name, *cells)] = d["reason"]
+
+    def good(key):
+        t = truth[key[0]]["cells"]
+        return t[key[1] - 1]["consistent"] and t[key[2] - 1]["consistent"]
+
+    tp = sum(1 for k in kept if good(k))
+    positives = sum(1 for k in considered if good(k))
+    return {"candidates": len(considered), "kept": len(kept), "good_candidates": positives,
+            "good_share_before": positives / len(considered) if considered else math.nan,
+            "precision": tp / len(kept) if kept else math.nan,
+            "recall": tp / positives if positives else math.nan,
+            "sheets": report["sheets"], "cells": report["cells"], "pairs_considered": report["pairs_considered"],
+            "written": report["written"], "dropped_by_reason": report.get("dropped_by_reason", {}),
+            "curate_wall_s": report.get("wall_s"), "judge": report.get("judge")}
+
+
+def kept_sheets(truth: dict[str, dict], dataset: Path) -> list[str]:
+    """Sheets every one of whose candidate pairs the filter kept (the "filtered sheets" of Stage II)."""
+    counts: dict[str, int] = {}
+    for row in manifest_rows(dataset):
+        name = Path(row["sheet"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return sorted(n for n, k in counts.items() if k >= len(truth[n]["cells"]) * (len(truth[n]["cells"]) - 1))
+
+
+def merged_training_copy(datasets: list[Path], out: Path) -> Path:
+    """The curated datasets' pairs at the miniature's own size (4x4 block means) in one manifest, lines as
+    written by ii-curate (images are content-addressed, so merging never clashes)."""
+    from PIL import Image
+
+    from instruct_identity.core.files import atomic_write_bytes, atomic_write_text
+    from instruct_identity.core.imagefile import png_bytes
+
+    manifest = out / "pairs.jsonl"
+    if manifest.is_file():
+        return manifest
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for dataset in datasets:
+        for row in manifest_rows(dataset):
+            for key in ("reference", "target"):
+                dst = out / row[key]
+                if not dst.is_file():
+                    arr = np.asarray(Image.open(dataset / row[key]).convert("RGB"))
+                    atomic_write_bytes(dst, png_bytes((shrink(arr) * 255).round().astype(np.uint8)), fsync=False)
+            lines.append(json.dumps(row))
+    atomic_write_text(manifest, "\n".join(lines) + "\n")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage II: the grid LoRA
+
+
+def train_grid_lora(sheets: Path, names: list[str], out: Path, p: CurationProfile, seed: int) -> dict:
+    """A text-to-image LoRA (trainer ``mode = "grid"``) on whole sheets at 64 x 32, captioned with the
+    sheet's base (identity) prompt. Cached."""
+    from PIL import Image
+
+    from instruct_identity.core.files import atomic_write_bytes, atomic_write_text
+    from instruct_identity.core.imagefile import png_bytes
+    from instruct_identity.curation.sheets import read_sheet_info
+    from instruct_identity.miniature import files as mfiles
+    from instruct_identity.training.config import from_dict
+    from instruct_identity.training.model import Components
+    from instruct_identity.training.trainer import train
+
+    done = out / "grid_lora.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if not names:
+        raise RuntimeError("no Stage I sheet passed the filter whole: nothing to train the grid LoRA on")
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        arr = np.asarray(Image.open(sheets / name).convert("RGB"))
+        atomic_write_bytes(data / name, png_bytes((shrink(arr) * 255).round().astype(np.uint8)), fsync=False)
+        atomic_write_text((data / name).with_suffix(".txt"), read_sheet_info(sheets / name).base_prompt + "\n")
+    toml = out / "grid_dataset.toml"
+    atomic_write_text(toml, f'[general]\nresolution = [{2 * SIZE}, {SIZE}]\nenable_bucket = false\n'
+                            f'caption_extension = ".txt"\n\n[[datasets]]\nbatch_size = {p.batch}\n\n'
+                            f'  [[datasets.subsets]]\n  image_dir = "data"\n')
+    cfg = from_dict(dict(mode="grid", preset="B", loss="full", network_dim=p.grid_rank, network_alpha=float(p.grid_rank),
+                         dataset_config=str(toml), train_batch_size=p.batch, max_train_steps=p.grid_steps,
+                         learning_rate=p.grid_lr, lr_scheduler="cosine", lr_warmup_steps=0.05, optimizer_type="AdamW",
+                         timestep_sampling="shift", discrete_flow_shift=3.0, guidance_scale=1.0, mixed_precision="no",
+                         save_precision="fp16", seed=seed, output_dir=str(out), output_name="stage2-grid",
+                         cache_dir=str(out / "cache"), save_state=False))
+    base = mfiles.load_base(BASE_FILE)
+    t0 = time.perf_counter()
+    result = train(cfg, Components(base.model, base.codec, base.text_encoder, str(BASE_FILE), "ii-demo-base"))
+    info = {"lora": str(result.lora_path), "sheets": len(names), "steps": result.step,
+            "wall_s": time.perf_counter() - t0, "loss_first20": float(np.mean(result.losses[:20])),
+            "loss_last20": float(np.mean(result.losses[-20:]))}
+    atomic_write_text(done, json.dumps(info))
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# identity LoRAs (the toy replication's job code)
+
+
+def identity_jobs(p: CurationProfile, work: Path, manifests: dict[str, Path], seed: int, threads: int) -> list[dict]:
+    base_key = hashlib.sha256(BASE_FILE.read_bytes()).hexdigest()[:16]
+    lora = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr, "timestep_sampling": "shift",
+            "shift": 3.0, "scheduler": "cosine", "warmup": 0.05}
+    common = {"unet": None, "base_file": str(BASE_FILE), "base_key": base_key, "base_hash": f"toy-base:{base_key}",
+              "work": str(work / "identity"), "size": SIZE, "seed": seed, "threads": threads, "train_seed": seed,
+              "eval_items": p.eval_items, "heldout_pairs": p.heldout_pairs, "sample_steps": p.sample_steps,
+              "grid_items": 6, "lora": lora, "splits": ["distinct", "near"], "caption": "plain"}
+    jobs_ = []
+    for name, manifest in manifests.items():
+        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+        for s in range(p.seeds):
+            spec = {"name": name, "preset": "B", "loss": "masked", "seed": seed + s, "extra": {}}
+            jobs_.append({**common, "kind": "lora", "name": name, "label": name, "spec": spec,
+                          "manifest": str(manifest), "train_pairs": f"{name}:{digest}"})
+    return jobs_
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan,
+            "n": int(len(d))}
+
+
+def identity_summary(done: list[dict], reference: str) -> dict:
+    runs, by = [], {}
+    for r in done:
+        for split, m in r["splits"].items():
+            row = {"name": r["name"], "seed": r["seed"], "split": split, "steps": r.get("steps"),
+                   "train_wall_s": r.get("wall_s"), "heldout_loss": r.get("heldout_loss"),
+                   "metrics": {k: m[k] for k in m}, "grid": r.get("grid")}
+            runs.append(row)
+            by.setdefault(r["name"], {}).setdefault(split, {})[r["seed"]] = m
+    summary = {}
+    for name, splits in by.items():
+        summary[name] = {}
+        for split, seeds in splits.items():
+            vals = {k: [seeds[s][k] for s in sorted(seeds)] for k in ("part_color_acc", "sil_iou", "speckle")}
+            row = {"seeds": sorted(seeds)}
+            for k, v in vals.items():
+                row[k] = {"mean": float(np.mean(v)), "se": float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1
+                          else math.nan}
+            ref = by.get(reference, {}).get(split, {})
+            common = sorted(set(seeds) & set(ref))
+            if name != reference and common:
+                row["minus_reference"] = {k: paired([seeds[s][k] for s in common], [ref[s][k] for s in common])
+                                          for k in ("part_color_acc", "sil_iou", "speckle")}
+            summary[name][split] = row
+    return {"runs": runs, "summary": summary}
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole pipeline
+
+
+def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
+    from . import data, jobs
+    from .comfy_server import ComfyServer
+
+    t_wall = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    chars = training_characters(p.characters)
+    pairs = pose_pairs(p.sheets_per_character, seed)
+    results: dict = {"format": FORMAT, "profile": asdict(p), "seed": seed, "base": str(BASE_FILE.relative_to(REPO)),
+                     "characters": len(chars), "pose_pairs": [[q.caption() for q in pp] for pp in pairs],
+                     "stages": {}}
+    stage1 = work / "stage1" / "sheets"
+    server = None
+    try:
+        if not (stage1 / "done.json").is_file():
+            server = ComfyServer(work / "comfy").start()
+        info1 = make_sheets(server, stage1, "stage1", chars, pairs, p, seed)
+        results["regional_sweep"] = {}
+        sweep_chars, sweep_pairs = chars[: p.sweep_characters], pairs[:2]
+        for i, (label, change) in enumerate(SWEEP.items()):
+            folder = work / "sweep" / f"v{i}"
+            if not (folder / "done.json").is_file() and server is None:
+                server = ComfyServer(work / "comfy").start()
+            variant = replace(p, **{k: ({**p.regional, **v} if k == "regional" else v) for k, v in change.items()})
+            make_sheets(server, folder, f"sweep-v{i}", sweep_chars, sweep_pairs, variant, seed)
+            results["regional_sweep"][label] = {"change": change, **consistency(sheets_truth(folder, sweep_chars))}
+        truth1 = sheets_truth(stage1, chars)
+        s1 = {"sheets": info1, "consistency": consistency(truth1), "curation": {}}
+        for cfg in filter_configs(p):
+            rep = curate(stage1, work / "stage1" / f"dataset-{cfg['name']}", cfg, work, seed)
+            s1["curation"][cfg["name"]] = {**cfg, **detector(truth1, work / "stage1" / f"dataset-{cfg['name']}", rep)}
+            log.info("stage I, %s: kept %d of %d pairs, precision %.3f, recall %.3f", cfg["name"],
+                     s1["curation"][cfg["name"]]["kept"], s1["curation"][cfg["name"]]["candidates"],
+                     s1["curation"][cfg["name"]]["precision"], s1["curation"][cfg["name"]]["recall"])
+        results["stages"]["stage1"] = s1
+
+        # Stage II: grid LoRA on the sheets the judge (error 0) kept whole
+        keep = kept_sheets(truth1, work / "stage1" / "dataset-judge-0")
+        stage2, grid, info2 = work / "stage2" / "sheets", None, None
+        if keep:
+            grid = train_grid_lora(stage1, keep, work / "stage2" / "grid", p, seed)
+            if not (stage2 / "done.json").is_file():
+                if server is None:
+                    server = ComfyServer(work / "comfy").start()
+                shutil.copy2(grid["lora"], server.loras / "ii_curation_stage2_grid.safetensors")
+            info2 = make_sheets(server, stage2, "stage2", chars, pairs, p, seed + 1,
+                                lora="ii_curation_stage2_grid.safetensors")
+    finally:
+        if server is not None:
+            server.stop()
+    truth2 = sheets_truth(stage2, chars) if info2 is not None else {}
+    if info2 is None:
+        results["stages"]["stage2"] = {"skipped": "no Stage I sheet passed the filter (judge, error 0) whole"}
+    else:
+        s2 = {"grid_lora": {k: v for k, v in grid.items() if k != "lora"}, "sheets": info2,
+              "consistency": consistency(truth2), "curation": {}}
+        for cfg in [c for c in filter_configs(p) if c["name"] in ("unfiltered", "judge-0")]:
+            rep = curate(stage2, work / "stage2" / f"dataset-{cfg['name']}", cfg, work, seed)
+            s2["curation"][cfg["name"]] = {**cfg, **detector(truth2, work / "stage2" / f"dataset-{cfg['name']}", rep)}
+        results["stages"]["stage2"] = s2
+
+    # identity LoRAs on curated data only, and on ground-truth pairs (same characters, renderer-drawn)
+    sources = {"stage1-filtered": [work / "stage1" / "dataset-judge-0"],
+               "stage1-unfiltered": [work / "stage1" / "dataset-unfiltered"],
+               "stage1+2-filtered": [work / "stage1" / "dataset-judge-0", work / "stage2" / "dataset-judge-0"]}
+    manifests, skipped = {}, {}
+    for name, folders in sources.items():
+        rows = [(f, r) for f in folders for r in manifest_rows(f)]
+        if not rows:
+            skipped[name] = "the curated dataset holds no pairs"
+            continue
+        manifests[name] = merged_training_copy(folders, work / "train" / name)
+    manifests["ground-truth-pairs"] = data.write_manifest(data.make_pairs(chars, p.gt_pairs, SIZE, seed),
+                                                          work / "gt-pairs", SIZE)
+    results["identity_data"] = {k: len(Path(v).read_text().splitlines()) for k, v in manifests.items()}
+    results["identity_skipped"] = skipped
+    done = jobs.run_all(identity_jobs(p, work, manifests, seed, 1), workers)
+    results["identity"] = identity_summary(done, "ground-truth-pairs")
+    results["identity"]["budget"] = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr,
+                                     "seeds": p.seeds}
+    results["pictures"] = pictures(work, truth1, truth2, stage1, stage2, done)
+    results["wall_s"] = time.perf_counter() - t_wall
+    return results
+
+
+def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path, done: list[dict]) -> dict:
+    """Pages of sheets with each cell marked consistent (green) or not (red), per stage."""
+    from PIL import Image, ImageDraw
+
+    def page(truth, folder, path, n=24, cols=4):
+        names = sorted(truth)[:n]
+        tiles = []
+        for name in names:
+            img = Image.open(folder / name).convert("RGB")
+            d = ImageDraw.Draw(img)
+            w = img.width // len(truth[name]["cells"])
+            for i, c in enumerate(truth[name]["cells"]):
+                d.rectangle([i * w, 0, (i + 1) * w - 1, img.height - 1], outline=(0, 170, 0) if c["consistent"] else (220, 0, 0),
+                            width=3)
+            tiles.append(img)
+        if not tiles:
+            return None
+        tw, th = tiles[0].size
+        rows = math.ceil(len(tiles) / cols)
+        canvas = Image.new("RGB", (cols * (tw + 8), rows * (th + 8)), (255, 255, 255))
+        for k, t in enumerate(tiles):
+            canvas.paste(t, ((k % cols) * (tw + 8), (k // cols) * (th + 8)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(path)
+        return str(path)
+
+    out = {"stage1_sheets": page(truth1, stage1, work / "images" / "stage1_sheets.png"),
+           "stage2_sheets": page(truth2, stage2, work / "images" / "stage2_sheets.png") if truth2 else None}
+    for r in done:
+        if r.get("grid") and r.get("seed") == min(x["seed"] for x in done):
+            out[f"identity_{r['name']}"] = r["grid"]
+    return out
+
+
+def publish(results: dict, images: Path) -> None:
+    """Copy the pictures into docs/images/toy/ and point the results at the copies (repo-relative)."""
+    images.mkdir(parents=True, exist_ok=True)
+    for key, src in list(results.get("pictures", {}).items()):
+        if not src or not Path(src).is_file():
+            continue
+        dst = images / f"curation-{key.replace('_', '-').replace('+', 'and')}.png"
+        shutil.copy2(src, dst)
+        results["pictures"][key] = str(dst.relative_to(REPO)) if dst.is_relative_to(REPO) else str(dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    ap.add_argument("--work", type=Path, help="cache folder (default .cache/toy/curation-<profile>)")
+    ap.add_argument("--out", type=Path, help="results JSON (default docs/curation-replication.json for full)")
+    ap.add_argument("--report", type=Path, help="generated Markdown (default next to --out)")
+    ap.add_argument("--images", type=Path, help="where the pictures go (default docs/images/toy for full)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    from instruct_identity.engine.runtime import setup_comfyui
+    import torch
+
+    setup_comfyui(cpu=True)
+    torch.set_num_threads(max(1, args.workers))
+    p = PROFILES[args.profile]
+    full = p.name == "full"
+    work = args.work or REPO / ".cache" / "toy" / f"curation-{p.name}"
+    out = args.out or (REPO / "docs" / "curation-replication.json" if full else work / "curation-replication.json")
+    report = args.report or out.with_suffix(".md")
+    images = args.images or (REPO / "docs" / "images" / "toy" if full else work / "published")
+    results = run(p, work, args.seed, args.workers)
+    publish(results, images)
+    results["generated_by"] = ".venv/bin/python -m benchmarks.toy.curation" + ("" if full else f" --profile {p.name}")
+    from instruct_identity.core.files import atomic_write_text
+
+    from . import curation_report
+    from .run import _finite, machine
+
+    results["machine"] = machine()
+    atomic_write_text(out, json.dumps(_finite(results), indent=1) + "\n")
+    atomic_write_text(report, curation_report.render(results, out))
+    log.info("wrote %s and %s", out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

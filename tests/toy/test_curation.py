@@ -1,0 +1,111 @@
+"""The miniature curation pipeline (issue 20): its pieces on known inputs, and the quick profile end to
+end through a real ComfyUI server (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def C(comfy):
+    from instruct_identity.benchmarks.toy import curation
+
+    return curation
+
+
+def test_shrink_undoes_the_templates_nearest_zoom_exactly(C):
+    from instruct_identity.miniature import sprites
+
+    img = sprites.render(sprites.all_characters()[7], sprites.ALL_POSES[4])[0]
+    big = np.repeat(np.repeat(img, C.ZOOM, 0), C.ZOOM, 1)
+    assert np.array_equal((C.shrink(big) * 255).round().astype(np.uint8), img)
+
+
+def test_cell_truth_tells_the_character_from_a_drifted_one_whatever_pose_was_drawn(C):
+    from instruct_identity.miniature import sprites
+
+    char = sprites.Character("red", "blue", "green", "dotted", "none")
+    drift = sprites.Character("red", "pink", "green", "dotted", "none")
+    asked, drawn = sprites.Pose("left", "small", "lying"), sprites.Pose("right", "large", "arms up")
+    up = lambda c, p: np.repeat(np.repeat(sprites.render(c, p)[0], C.ZOOM, 0), C.ZOOM, 1)  # noqa: E731
+    same = C.cell_truth(up(char, drawn), char, asked)
+    assert same["consistent"] and not same["on_prompt"] and same["drawn_pose"] == drawn.caption()
+    assert same["speckle"] == 0.0
+    bad = C.cell_truth(up(drift, asked), char, asked)
+    assert not bad["consistent"] and bad["wrong_parts"] == ["torso"] and bad["on_prompt"]
+
+
+def test_stage_two_graph_puts_the_grid_lora_between_the_loader_and_every_model_user(C):
+    from instruct_identity.miniature import sprites
+
+    chars = sprites.all_characters()[:3]
+    poses = (sprites.ALL_POSES[0], sprites.ALL_POSES[5])
+    p = C.PROFILES["quick"]
+    plain = C.sheets_prompt(chars, poses, 1, p, 5, "f/stage1")
+    graph = C.sheets_prompt(chars, poses, 1, p, 5, "f/stage2", lora="grid.safetensors")
+    batch = next(v for v in graph.values() if v["class_type"] == "InstructIdentityCharacterSheetBatch")["inputs"]
+    assert batch["characters"].splitlines() == [f"{C.char_name(i, 1)}: {c.describe()}" for i, c in enumerate(chars)]
+    assert batch["poses"].splitlines() == [q.caption() for q in poses] and batch["folder"] == "f/stage2"
+    loader = next(k for k, v in graph.items() if v["class_type"] == "InstructIdentityDemoModel")
+    users = [k for k, v in plain.items() if [loader, 0] in v["inputs"].values()]
+    assert users and all(["lora", 0] in graph[k]["inputs"].values() for k in users)
+    assert graph["lora"]["inputs"]["model"] == [loader, 0] and "lora" not in plain
+    assert C.parse_name(C.char_name(12, 3) + "_00001_.png") == (12, 3)
+
+
+def test_detector_counts_kept_and_dropped_pairs_against_the_ground_truth(C, tmp_path):
+    ok, bad = {"consistent": True}, {"consistent": False}
+    truth = {"a.png": {"cells": [ok, ok]}, "b.png": {"cells": [ok, bad]}, "c.png": {"cells": [ok, ok]}}
+    kept = [("a.png", [1, 2]), ("b.png", [1, 2])]                     # one good, one drifted pair kept
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"sheet": s, "cells": c}) + "\n" for s, c in kept))
+    report = {"sheets": 3, "cells": 6, "pairs_considered": 6, "written": 2,
+              "dropped": [{"sheet": "a.png", "item": "pair 2->1", "reason": "filter: x"},
+                          {"sheet": "b.png", "item": "pair 2->1", "reason": "filter: x"},
+                          {"sheet": "c.png", "item": "pair 1->2", "reason": "filter: x"},
+                          {"sheet": "c.png", "item": "pair 2->1", "reason": "filter: x"},
+                          {"sheet": "c.png", "item": "cell 3", "reason": "blank cell"}]}
+    d = C.detector(truth, tmp_path, report)
+    assert d["candidates"] == 6 and d["kept"] == 2 and d["good_candidates"] == 4
+    assert d["precision"] == 0.5 and d["recall"] == 0.25
+    assert C.kept_sheets(truth, tmp_path) == []                        # no sheet kept whole (2 pairs each)
+    assert C.detector(truth, tmp_path / "nothing-kept", {**report, "dropped": []})["kept"] == 0
+
+
+@pytest.mark.slow
+def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, tmp_path):
+    import ii_harness
+
+    template = json.loads((REPO / "workflows" / C.SHEETS_TEMPLATE.name).read_text())
+    problems, prompt = ii_harness.check_workflow(template, comfy_server.get("/object_info"))
+    assert not problems, "\n".join(problems)
+    assert prompt == json.loads(C.SHEETS_PROMPT.read_text()), "miniature/sheets_prompt.json is stale: run scripts/build_workflows.py"
+
+    out = tmp_path / "curation.json"
+    assert C.main(["--profile", "quick", "--work", str(tmp_path / "work"), "--out", str(out),
+                   "--images", str(tmp_path / "images"), "--workers", "1"]) == 0
+    results = json.loads(out.read_text())
+    s1 = results["stages"]["stage1"]
+    n_sheets = results["characters"] * len(results["pose_pairs"])
+    assert s1["sheets"]["sheets"] == n_sheets == s1["consistency"]["sheets"]
+    assert len(list((tmp_path / "work" / "stage1" / "sheets").glob("*.sheet.json"))) == n_sheets
+    assert set(s1["curation"]) == {"unfiltered", "colour-only", "judge-0", "judge-0.4"}
+    unf = s1["curation"]["unfiltered"]
+    assert unf["kept"] == unf["candidates"] == 2 * n_sheets and unf["recall"] in (1.0, None)
+    for name, c in s1["curation"].items():
+        assert c["kept"] <= c["candidates"] and c["sheets"] == n_sheets, name
+        if c["filter"] == "charis" and c["judge_error"] is not None:
+            assert c["judge"]["requests"] > 0 and c["judge"]["by_task"].get("identity_judge", 0) > 0
+    assert "ground-truth-pairs" in results["identity"]["summary"]
+    trained = {r["name"] for r in results["identity"]["runs"]}
+    assert trained | set(results["identity_skipped"]) >= {"stage1-unfiltered", "ground-truth-pairs", "stage1-filtered"}
+    s2 = results["stages"]["stage2"]
+    assert "skipped" in s2 or s2["sheets"]["sheets"] == n_sheets
+    md = out.with_suffix(".md").read_text()
+    assert "## The filter as a detector of good pairs" in md and "simulated" in md
+    assert (tmp_path / "images" / "curation-stage1-sheets.png").is_file()
