@@ -258,9 +258,29 @@ def _share(values) -> float:
 
 
 def filter_configs(p: CurationProfile) -> list[dict]:
-    return ([{"name": "unfiltered", "filter": "off", "judge_error": None},
-             {"name": "colour-only", "filter": "charis", "judge_error": None}]
-            + [{"name": f"judge-{e:g}", "filter": "charis", "judge_error": float(e)} for e in p.judge_errors])
+    """Unfiltered; CHARIS colour axis alone (no judge); the simulated judge at each error rate, with the
+    colour axis (identity + colour + diversity) and without it (identity + diversity)."""
+    out = [{"name": "unfiltered", "filter": "off", "judge_error": None, "colour": None},
+           {"name": "colour-only", "filter": "charis", "judge_error": None, "colour": True}]
+    for colour in (True, False):
+        out += [{"name": f"judge-{e:g}" + ("" if colour else "-no-colour"), "filter": "charis", "judge_error": float(e),
+                 "colour": colour} for e in p.judge_errors]
+    return out
+
+
+def f1(c: dict) -> float:
+    pr, rc = c.get("precision"), c.get("recall")
+    if pr is None or rc is None or not (pr + rc > 0) or math.isnan(pr) or math.isnan(rc):
+        return 0.0
+    return 2 * pr * rc / (pr + rc)
+
+
+def downstream_filter(curation: dict) -> str:
+    """The filter the later stages use: the best detector (F1) among the judge at error 0 with and
+    without the colour axis -- chosen with the ground truth, which a real run does not have (said so in
+    the report); ties go to the full filter."""
+    names = [n for n, c in curation.items() if c.get("judge_error") == 0.0]
+    return max(names, key=lambda n: (f1(curation[n]), curation[n].get("colour") is True))
 
 
 def curate(sheets: Path, dataset: Path, config: dict, work: Path, seed: int) -> dict:
@@ -281,7 +301,8 @@ def curate(sheets: Path, dataset: Path, config: dict, work: Path, seed: int) -> 
         if config["filter"] == "charis":
             server = J.PaletteJudge(config["judge_error"], seed=seed) if config["judge_error"] is not None else None
             cfg_file = dataset.parent / f"{dataset.name}.charis.json"
-            atomic_write_text(cfg_file, json.dumps(J.charis_config(server, cache_dir=None), indent=1))
+            atomic_write_text(cfg_file, json.dumps(J.charis_config(server, cache_dir=None,
+                                                                   colour=config.get("colour") is not False), indent=1))
             argv += ["--filter", "charis", "--charis-config", str(cfg_file)]
         t0 = time.perf_counter()
         code = cli.main(argv)
@@ -472,6 +493,36 @@ def identity_summary(done: list[dict], reference: str) -> dict:
     return {"runs": runs, "summary": summary}
 
 
+def base_text_to_image(work: Path, p: CurationProfile, seed: int) -> dict:
+    """The base's own text-to-image on held-out characters (full captions, the sheets' CFG): part colour,
+    silhouette and speckle of single pictures, the floor under every sheet. Cached."""
+    from instruct_identity.core.files import atomic_write_text
+    from instruct_identity.miniature import files as mfiles
+    from instruct_identity.miniature import sprites
+
+    from . import data, evaluate
+
+    path = work / "base-t2i.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    _, test = sprites.split_characters(100_000, 200, seed=0)
+    rng = random.Random(f"curation-t2i:{seed}")
+    picks = [(rng.choice(test), rng.choice(sprites.ALL_POSES)) for _ in range(p.eval_items)]
+    items = []
+    for c, pose in picks:
+        img, masks = sprites.render(c, pose, SIZE)
+        items.append(evaluate.EvalItem(data.PairSpec(c, pose, pose), img, img, masks, masks))
+    base = mfiles.load_base(BASE_FILE)
+    out = evaluate.sample_text_to_image(base.model, base.codec, base.text_encoder,
+                                        [data.full_caption(c, pose) for c, pose in picks], size=SIZE,
+                                        steps=p.sheet_steps, seed=seed, cfg=p.sheet_cfg)
+    m = evaluate.score(out, items)["mean"]
+    res = {k: m[k] for k in ("part_color_acc", "part_color_acc_se", "sil_iou", "sil_iou_se", "speckle", "speckle_se")}
+    res.update(samples=len(items), steps=p.sheet_steps, cfg=p.sheet_cfg)
+    atomic_write_text(path, json.dumps(res))
+    return res
+
+
 # --------------------------------------------------------------------------------------------------
 # the whole pipeline
 
@@ -487,6 +538,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     results: dict = {"format": FORMAT, "profile": asdict(p), "seed": seed, "base": str(BASE_FILE.relative_to(REPO)),
                      "characters": len(chars), "pose_pairs": [[q.caption() for q in pp] for pp in pairs],
                      "stages": {}}
+    results["base_text_to_image"] = base_text_to_image(work, p, seed)
     stage1 = work / "stage1" / "sheets"
     server = None
     try:
@@ -512,8 +564,10 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
                      s1["curation"][cfg["name"]]["precision"], s1["curation"][cfg["name"]]["recall"])
         results["stages"]["stage1"] = s1
 
-        # Stage II: grid LoRA on the sheets the judge (error 0) kept whole
-        keep = kept_sheets(truth1, work / "stage1" / "dataset-judge-0")
+        # Stage II: grid LoRA on the sheets the chosen filter kept whole
+        chosen = downstream_filter(s1["curation"])
+        results["downstream_filter"] = chosen
+        keep = kept_sheets(truth1, work / "stage1" / f"dataset-{chosen}")
         stage2, grid, info2 = work / "stage2" / "sheets", None, None
         if keep:
             grid = train_grid_lora(stage1, keep, work / "stage2" / "grid", p, seed)
@@ -528,19 +582,19 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
             server.stop()
     truth2 = sheets_truth(stage2, chars) if info2 is not None else {}
     if info2 is None:
-        results["stages"]["stage2"] = {"skipped": "no Stage I sheet passed the filter (judge, error 0) whole"}
+        results["stages"]["stage2"] = {"skipped": f"no Stage I sheet passed the filter ({chosen}) whole"}
     else:
         s2 = {"grid_lora": {k: v for k, v in grid.items() if k != "lora"}, "sheets": info2,
               "consistency": consistency(truth2), "curation": {}}
-        for cfg in [c for c in filter_configs(p) if c["name"] in ("unfiltered", "judge-0")]:
+        for cfg in [c for c in filter_configs(p) if c["name"] in ("unfiltered", chosen)]:
             rep = curate(stage2, work / "stage2" / f"dataset-{cfg['name']}", cfg, work, seed)
             s2["curation"][cfg["name"]] = {**cfg, **detector(truth2, work / "stage2" / f"dataset-{cfg['name']}", rep)}
         results["stages"]["stage2"] = s2
 
     # identity LoRAs on curated data only, and on ground-truth pairs (same characters, renderer-drawn)
-    sources = {"stage1-filtered": [work / "stage1" / "dataset-judge-0"],
+    sources = {"stage1-filtered": [work / "stage1" / f"dataset-{chosen}"],
                "stage1-unfiltered": [work / "stage1" / "dataset-unfiltered"],
-               "stage1+2-filtered": [work / "stage1" / "dataset-judge-0", work / "stage2" / "dataset-judge-0"]}
+               "stage1+2-filtered": [work / "stage1" / f"dataset-{chosen}", work / "stage2" / f"dataset-{chosen}"]}
     manifests, skipped = {}, {}
     for name, folders in sources.items():
         rows = [(f, r) for f in folders for r in manifest_rows(f)]

@@ -84,6 +84,10 @@ def render(results: dict, out: Path) -> str:
          f"{c2['sheets']} | {_f(c2['cells_consistent'])} | {_f(c2['sheets_consistent'])} | {_f(c2['part_colour_acc'])} | "
          f"{_f(c2['sil_iou'])} | {_f(c2['speckle'])} |") if c2 else f"| II | skipped: {s2.get('skipped')} | | | | | |",
         "",
+        (lambda b: f"For scale, the base's own single pictures (full captions, held-out characters, {b['samples']} samples): "
+                   f"part colour {_f(b['part_color_acc'])}, silhouette IoU {_f(b['sil_iou'])}, speckle {_f(b['speckle'])}.")(
+            results["base_text_to_image"]) if results.get("base_text_to_image") else "",
+        "",
         "Speckle: share of pixels inside the ground-truth part masks (eroded by one pixel) whose nearest palette colour "
         "is not the part's majority colour (`evaluate.speckle`, defined before any result was read).",
         "",
@@ -107,6 +111,10 @@ def render(results: dict, out: Path) -> str:
         "### Stage I",
         "",
         *curation_table(s1["curation"]),
+        "",
+        f"The later stages (grid LoRA data, Stage II curation, the identity LoRAs' filtered data) use "
+        f"**{results.get('downstream_filter')}**: the better detector (F1) of the judge at error 0 with or without the "
+        "colour axis. That choice reads the ground truth, which a real run does not have.",
         "",
         "### Stage II",
         "",

@@ -269,13 +269,14 @@ class PaletteJudge:
 
 
 def charis_config(judge: PaletteJudge | None, cache_dir: str | None = None, color_threshold: float = 0.6,
-                  identity_threshold: float = 0.9) -> dict:
+                  identity_threshold: float = 0.9, colour: bool = True) -> dict:
     """The CHARIS filter config of the miniature: colour only without a judge; identity + colour +
     diversity with one (no quality axis: CLIP-IQA needs weights this machine does not have).
 
     Thresholds: CHARIS's filter-mode defaults (colour 0.6, diversity 0.5), except identity 0.9 instead
     of 0.75, because a sprite has 4 judged parts, so one wrong part is exactly 0.75. Pictures go in 4x
-    enlarged (CHARIS's colour segmentation needs more than 32 px)."""
+    enlarged (CHARIS's colour segmentation needs more than 32 px). ``colour=False`` (with a judge): identity
+    and diversity only."""
     cfg: dict = {"mode": "filter", "device": "cpu", "quality": {"backend": "none"}, "color": {"segmenter": "cluster"}}
     if cache_dir:
         cfg["cache_dir"] = cache_dir
@@ -283,9 +284,12 @@ def charis_config(judge: PaletteJudge | None, cache_dir: str | None = None, colo
         cfg.update(axes=["color"], vlm={"backend": "none"},
                    composite={"weights": {"color": 1.0}, "thresholds": {"color": color_threshold}})
     else:
-        cfg.update(axes=["identity", "color", "diversity"],
+        weights = {"identity": 0.35, "color": 0.25, "diversity": 0.2}
+        thresholds = {"identity": identity_threshold, "color": color_threshold, "diversity": 0.5}
+        if not colour:
+            del weights["color"], thresholds["color"]
+        cfg.update(axes=list(weights),
                    vlm={"backend": "openai", "base_url": judge.base_url, "model": judge.MODEL, "api_key_env": None,
                         "concurrency": 2, "timeout": 30.0, "max_retries": 1},
-                   composite={"weights": {"identity": 0.35, "color": 0.25, "diversity": 0.2},
-                              "thresholds": {"identity": identity_threshold, "color": color_threshold, "diversity": 0.5}})
+                   composite={"weights": weights, "thresholds": thresholds})
     return cfg

@@ -94,7 +94,8 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
     n_sheets = results["characters"] * len(results["pose_pairs"])
     assert s1["sheets"]["sheets"] == n_sheets == s1["consistency"]["sheets"]
     assert len(list((tmp_path / "work" / "stage1" / "sheets").glob("*.sheet.json"))) == n_sheets
-    assert set(s1["curation"]) == {"unfiltered", "colour-only", "judge-0", "judge-0.4"}
+    assert set(s1["curation"]) == {"unfiltered", "colour-only", "judge-0", "judge-0.4", "judge-0-no-colour",
+                                   "judge-0.4-no-colour"}
     unf = s1["curation"]["unfiltered"]
     assert unf["kept"] == unf["candidates"] == 2 * n_sheets and unf["recall"] in (1.0, None)
     for name, c in s1["curation"].items():
@@ -109,3 +110,13 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
     md = out.with_suffix(".md").read_text()
     assert "## The filter as a detector of good pairs" in md and "simulated" in md
     assert (tmp_path / "images" / "curation-stage1-sheets.png").is_file()
+
+
+def test_later_stages_take_the_better_error_free_judge_filter(C):
+    cur = {"unfiltered": {"judge_error": None, "precision": 0.05, "recall": 1.0},
+           "judge-0": {"judge_error": 0.0, "colour": True, "precision": 1.0, "recall": 0.1},
+           "judge-0-no-colour": {"judge_error": 0.0, "colour": False, "precision": 0.8, "recall": 0.7},
+           "judge-0.4-no-colour": {"judge_error": 0.4, "colour": False, "precision": 0.9, "recall": 0.9}}
+    assert C.downstream_filter(cur) == "judge-0-no-colour"          # never a noisier judge, never unfiltered
+    cur["judge-0-no-colour"]["recall"] = None
+    assert C.downstream_filter(cur) == "judge-0"
