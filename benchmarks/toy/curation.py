@@ -83,7 +83,11 @@ class CurationProfile:
     sweep_characters: int = 24                     # characters (x 2 pose pairs) of the Stage I settings sweep
     base_template: str | None = None              # None: the template's
     cell_template: str | None = None
+    whole_caption: bool = False                   # no regional prompting: one caption naming both views' poses
+    grid_preset: str = "A"                        # the grid LoRA's layers (A: attention + image embedder)
 
+
+GRID_STEPS = 200  # the full profile's grid LoRA budget (see the report: more overfits the few kept sheets)
 
 # Stage I settings compared on a subset (the shipped miniature template's against the FLUX template's)
 SWEEP = {
@@ -92,13 +96,14 @@ SWEEP = {
     "description + pose per cell, global, whole schedule": {"regional": {"image_attention": "global", "base_ratio": 0.2}},
     "FLUX template's settings: pose per cell, global, first 30 % of steps": {
         "cell_template": "{pose}", "regional": {"image_attention": "global", "end": 0.3, "base_ratio": 0.2}},
+    "no regional prompting: one caption with the description and both views' poses": {"whole_caption": True},
 }
 
 PROFILES = {
     "quick": CurationProfile("quick", characters=6, sheets_per_character=2, seeds=1, identity_steps=6, grid_steps=6,
                              eval_items=4, heldout_pairs=4, sample_steps=4, judge_errors=(0.0, 0.4), gt_pairs=16,
                              batch=4, sweep_characters=2),
-    "full": CurationProfile("full", characters=100, sheets_per_character=6, seeds=3, identity_steps=600, grid_steps=600),
+    "full": CurationProfile("full", characters=100, sheets_per_character=6, seeds=3, identity_steps=600, grid_steps=GRID_STEPS),
 }
 
 
@@ -131,9 +136,20 @@ def parse_name(name: str) -> tuple[int, int]:
     return int(stem[1:5]), int(stem[6:])
 
 
+def whole_sheet_template(poses: tuple) -> str:
+    """The batch node's base template that, filled with a description, is the miniature's own sheet caption
+    (``sprites.sheet_caption``: the description, then each view's pose), the caption the base was trained on."""
+    from instruct_identity.miniature import sprites
+
+    head, rest = sprites.sheet_caption(None, list(poses)).split(". ", 1)
+    return f"{head}. {{description}}. {rest}"
+
+
 def sheets_prompt(chars: list, poses: tuple, sheet: int, p: CurationProfile, seed: int, folder: str,
                   lora: str | None = None) -> dict:
-    """The template's API graph for one pose pair: every character once (the batch node's list)."""
+    """The template's API graph for one pose pair: every character once (the batch node's list).
+    ``p.whole_caption``: the Regional Prompting node is taken out; the sampler gets the base model and one
+    caption for the whole sheet (the layout still cuts the saved sheet into its cells)."""
     prompt = json.loads(SHEETS_PROMPT.read_text())
     by_type = {v["class_type"]: k for k, v in prompt.items()}
     batch = prompt[by_type["InstructIdentityCharacterSheetBatch"]]["inputs"]
@@ -148,6 +164,10 @@ def sheets_prompt(chars: list, poses: tuple, sheet: int, p: CurationProfile, see
     sampler.update(steps=p.sheet_steps, cfg=p.sheet_cfg)
     regional = prompt[by_type["InstructIdentityRegionalPrompting"]]["inputs"]
     regional.update(p.regional)
+    if p.whole_caption:
+        batch["base_template"] = whole_sheet_template(poses)
+        sampler.update(model=regional["model"], positive=regional["conditioning"])
+        del prompt[by_type["InstructIdentityRegionalPrompting"]]
     if lora is not None:  # Stage II: the grid LoRA between the loader and everything that uses its model
         loader = by_type["InstructIdentityDemoModel"]
         prompt["lora"] = {"class_type": "LoraLoaderModelOnly",
@@ -159,12 +179,26 @@ def sheets_prompt(chars: list, poses: tuple, sheet: int, p: CurationProfile, see
     return prompt
 
 
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_key(path: Path) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else None
+
+
 def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[tuple], p: CurationProfile, seed: int,
                 lora: str | None = None) -> dict:
     """Queue one prompt per pose pair on ``server``; the sheets and their layouts land in ``out``. Cached."""
     done = out / "done.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    key = _key({"chars": [c.describe() for c in chars], "pairs": [[q.caption() for q in pp] for pp in pairs],
+                "seed": seed, "lora": _file_key(server.loras / lora) if lora and server else lora,
+                **{k: getattr(p, k) for k in ("sheet_steps", "sheet_cfg", "regional", "base_template", "cell_template",
+                                              "whole_caption")}})
+    if done.is_file() and json.loads(done.read_text()).get("key") in (key, None):
+        return json.loads(done.read_text())  # (None: cached before keys were written)
+    if server is None:
+        raise RuntimeError(f"{stage}: the sheets must be made again, but no ComfyUI server was started")
     folder = f"{SHEET_FOLDER}/{stage}"
     target = server.output / folder
     if target.exists():
@@ -177,7 +211,7 @@ def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[tuple], 
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(target, out)
-    info = {"sheets": len(list(out.glob("*.png"))), "wall_s": time.perf_counter() - t0}
+    info = {"sheets": len(list(out.glob("*.png"))), "wall_s": time.perf_counter() - t0, "key": key}
     from instruct_identity.core.files import atomic_write_text
 
     atomic_write_text(done, json.dumps(info))
@@ -394,9 +428,10 @@ def merged_training_copy(datasets: list[Path], out: Path) -> Path:
 # Stage II: the grid LoRA
 
 
-def train_grid_lora(sheets: Path, names: list[str], out: Path, p: CurationProfile, seed: int) -> dict:
-    """A text-to-image LoRA (trainer ``mode = "grid"``) on whole sheets at 64 x 32, captioned with the
-    sheet's base (identity) prompt. Cached."""
+def train_grid_lora(sheets: Path, names: list[str], chars: list, out: Path, p: CurationProfile, seed: int) -> dict:
+    """A text-to-image LoRA (trainer ``mode = "grid"``, ``p.grid_preset`` layers) on whole sheets at 64 x 32,
+    each captioned with the whole sheet: the character's description and each view's pose, as asked
+    (``whole_sheet_template``). Cached under a key of its data and settings."""
     from PIL import Image
 
     from instruct_identity.core.files import atomic_write_bytes, atomic_write_text
@@ -408,7 +443,9 @@ def train_grid_lora(sheets: Path, names: list[str], out: Path, p: CurationProfil
     from instruct_identity.training.trainer import train
 
     done = out / "grid_lora.json"
-    if done.is_file():
+    key = _key({"names": names, "seed": seed, **{k: getattr(p, k) for k in ("grid_steps", "grid_rank", "grid_lr",
+                                                                            "grid_preset", "batch")}})
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads(done.read_text())
     if not names:
         raise RuntimeError("no Stage I sheet passed the filter whole: nothing to train the grid LoRA on")
@@ -417,12 +454,17 @@ def train_grid_lora(sheets: Path, names: list[str], out: Path, p: CurationProfil
     for name in names:
         arr = np.asarray(Image.open(sheets / name).convert("RGB"))
         atomic_write_bytes(data / name, png_bytes((shrink(arr) * 255).round().astype(np.uint8)), fsync=False)
-        atomic_write_text((data / name).with_suffix(".txt"), read_sheet_info(sheets / name).base_prompt + "\n")
+        info = read_sheet_info(sheets / name)
+        poses = tuple(pose_of(c) for c in info.layout.captions)
+        caption = whole_sheet_template(poses).format(description=chars[parse_name(name)[0]].describe())
+        atomic_write_text((data / name).with_suffix(".txt"), caption + "\n")
     toml = out / "grid_dataset.toml"
     atomic_write_text(toml, f'[general]\nresolution = [{2 * SIZE}, {SIZE}]\nenable_bucket = false\n'
                             f'caption_extension = ".txt"\n\n[[datasets]]\nbatch_size = {p.batch}\n\n'
                             f'  [[datasets.subsets]]\n  image_dir = "data"\n')
-    cfg = from_dict(dict(mode="grid", preset="B", loss="full", network_dim=p.grid_rank, network_alpha=float(p.grid_rank),
+    if (out / "cache").exists():
+        shutil.rmtree(out / "cache")  # latents and text of another set of sheets
+    cfg = from_dict(dict(mode="grid", preset=p.grid_preset, loss="full", network_dim=p.grid_rank, network_alpha=float(p.grid_rank),
                          dataset_config=str(toml), train_batch_size=p.batch, max_train_steps=p.grid_steps,
                          learning_rate=p.grid_lr, lr_scheduler="cosine", lr_warmup_steps=0.05, optimizer_type="AdamW",
                          timestep_sampling="shift", discrete_flow_shift=3.0, guidance_scale=1.0, mixed_precision="no",
@@ -433,7 +475,8 @@ def train_grid_lora(sheets: Path, names: list[str], out: Path, p: CurationProfil
     result = train(cfg, Components(base.model, base.codec, base.text_encoder, str(BASE_FILE), "ii-demo-base"))
     info = {"lora": str(result.lora_path), "sheets": len(names), "steps": result.step,
             "wall_s": time.perf_counter() - t0, "loss_first20": float(np.mean(result.losses[:20])),
-            "loss_last20": float(np.mean(result.losses[-20:]))}
+            "loss_last20": float(np.mean(result.losses[-20:])), "preset": p.grid_preset, "rank": p.grid_rank,
+            "lr": p.grid_lr, "key": key}
     atomic_write_text(done, json.dumps(info))
     return info
 
@@ -538,6 +581,9 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     results: dict = {"format": FORMAT, "profile": asdict(p), "seed": seed, "base": str(BASE_FILE.relative_to(REPO)),
                      "characters": len(chars), "pose_pairs": [[q.caption() for q in pp] for pp in pairs],
                      "stages": {}}
+    template = json.loads(SHEETS_PROMPT.read_text())
+    widgets = next(v["inputs"] for v in template.values() if v["class_type"] == "InstructIdentityRegionalPrompting")
+    results["regional_settings"] = {k: v for k, v in {**widgets, **p.regional}.items() if not isinstance(v, list)}
     results["base_text_to_image"] = base_text_to_image(work, p, seed)
     stage1 = work / "stage1" / "sheets"
     server = None
@@ -570,12 +616,12 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
         keep = kept_sheets(truth1, work / "stage1" / f"dataset-{chosen}")
         stage2, grid, info2 = work / "stage2" / "sheets", None, None
         if keep:
-            grid = train_grid_lora(stage1, keep, work / "stage2" / "grid", p, seed)
-            if not (stage2 / "done.json").is_file():
-                if server is None:
-                    server = ComfyServer(work / "comfy").start()
-                shutil.copy2(grid["lora"], server.loras / "ii_curation_stage2_grid.safetensors")
-            info2 = make_sheets(server, stage2, "stage2", chars, pairs, p, seed + 1,
+            # the paper's Stage II: the grid LoRA makes whole sheets from one caption (no region-wise passes)
+            grid = train_grid_lora(stage1, keep, chars, work / "stage2" / "grid", p, seed)
+            if server is None:
+                server = ComfyServer(work / "comfy").start()
+            shutil.copy2(grid["lora"], server.loras / "ii_curation_stage2_grid.safetensors")
+            info2 = make_sheets(server, stage2, "stage2", chars, pairs, replace(p, whole_caption=True), seed + 1,
                                 lora="ii_curation_stage2_grid.safetensors")
     finally:
         if server is not None:
@@ -584,8 +630,18 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     if info2 is None:
         results["stages"]["stage2"] = {"skipped": f"no Stage I sheet passed the filter ({chosen}) whole"}
     else:
+        seen = {parse_name(n)[0] for n in keep}
+        sub = lambda truth, keep_: {n: t for n, t in truth.items() if keep_(*parse_name(n))}  # noqa: E731
         s2 = {"grid_lora": {k: v for k, v in grid.items() if k != "lora"}, "sheets": info2,
-              "consistency": consistency(truth2), "curation": {}}
+              "sampling": "one caption per sheet naming the description and both views' poses, no regional prompting",
+              "consistency": consistency(truth2), "curation": {},
+              # characters with a sheet in the grid LoRA's data vs the rest (memorised or learnt?)
+              "consistency_seen": consistency(sub(truth2, lambda ci, _: ci in seen)),
+              "consistency_unseen": consistency(sub(truth2, lambda ci, _: ci not in seen)),
+              "stage1_seen": consistency(sub(truth1, lambda ci, _: ci in seen)),
+              "stage1_unseen": consistency(sub(truth1, lambda ci, _: ci not in seen)),
+              # the sweep's subset: against the same settings without the LoRA
+              "consistency_sweep_subset": consistency(sub(truth2, lambda ci, sh: ci < p.sweep_characters and sh < 2))}
         for cfg in [c for c in filter_configs(p) if c["name"] in ("unfiltered", chosen)]:
             rep = curate(stage2, work / "stage2" / f"dataset-{cfg['name']}", cfg, work, seed)
             s2["curation"][cfg["name"]] = {**cfg, **detector(truth2, work / "stage2" / f"dataset-{cfg['name']}", rep)}

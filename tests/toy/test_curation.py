@@ -59,6 +59,28 @@ def test_stage_two_graph_puts_the_grid_lora_between_the_loader_and_every_model_u
     assert C.parse_name(C.char_name(12, 3) + "_00001_.png") == (12, 3)
 
 
+def test_whole_caption_graph_samples_one_sheet_caption_without_the_regional_node(C):
+    from dataclasses import replace
+
+    from instruct_identity.miniature import sprites
+
+    chars = sprites.all_characters()[40:42]
+    poses = (sprites.ALL_POSES[2], sprites.ALL_POSES[9])
+    p = replace(C.PROFILES["quick"], whole_caption=True)
+    graph = C.sheets_prompt(chars, poses, 0, p, 5, "f/stage2", lora="grid.safetensors")
+    kinds = {v["class_type"] for v in graph.values()}
+    assert "InstructIdentityRegionalPrompting" not in kinds and "InstructIdentityGridLayout" in kinds
+    batch_id, batch = next((k, v["inputs"]) for k, v in graph.items() if v["class_type"] == "InstructIdentityCharacterSheetBatch")
+    # filled with a description, the base template is the caption the miniature base was trained on
+    assert batch["base_template"].format(description=chars[1].describe()) == sprites.sheet_caption(chars[1], list(poses))
+    sampler = next(v["inputs"] for v in graph.values() if v["class_type"] == "KSampler")
+    assert sampler["model"] == ["lora", 0]
+    encoder = graph[sampler["positive"][0]]
+    assert encoder["class_type"] == "CLIPTextEncode" and encoder["inputs"]["text"] == [batch_id, 1]
+    linked = {tuple(v) for node in graph.values() for v in node["inputs"].values() if isinstance(v, list)}
+    assert all(src in graph for src, _ in linked), "a link points at a node that was taken out"
+
+
 def test_detector_counts_kept_and_dropped_pairs_against_the_ground_truth(C, tmp_path):
     ok, bad = {"consistent": True}, {"consistent": False}
     truth = {"a.png": {"cells": [ok, ok]}, "b.png": {"cells": [ok, bad]}, "c.png": {"cells": [ok, ok]}}
@@ -107,6 +129,11 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
     assert trained | set(results["identity_skipped"]) >= {"stage1-unfiltered", "ground-truth-pairs", "stage1-filtered"}
     s2 = results["stages"]["stage2"]
     assert "skipped" in s2 or s2["sheets"]["sheets"] == n_sheets
+    if "skipped" not in s2:
+        assert s2["grid_lora"]["preset"] == "A" and s2["grid_lora"]["steps"] == C.PROFILES["quick"].grid_steps
+        seen, unseen = s2["consistency_seen"]["sheets"], s2["consistency_unseen"]["sheets"]
+        assert seen + unseen == n_sheets and seen > 0
+    assert len(results["regional_sweep"]) == len(C.SWEEP)
     md = out.with_suffix(".md").read_text()
     assert "## The filter as a detector of good pairs" in md and "simulated" in md
     assert (tmp_path / "images" / "curation-stage1-sheets.png").is_file()
