@@ -486,7 +486,7 @@ def train_grid_lora(sheets: Path, names: list[str], chars: list, out: Path, p: C
 
 
 def identity_jobs(p: CurationProfile, work: Path, manifests: dict[str, Path], seed: int, threads: int) -> list[dict]:
-    base_key = hashlib.sha256(BASE_FILE.read_bytes()).hexdigest()[:16]
+    base_key = _file_key(BASE_FILE)
     lora = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr, "timestep_sampling": "shift",
             "shift": 3.0, "scheduler": "cosine", "warmup": 0.05}
     common = {"unet": None, "base_file": str(BASE_FILE), "base_key": base_key, "base_hash": f"toy-base:{base_key}",
@@ -495,7 +495,7 @@ def identity_jobs(p: CurationProfile, work: Path, manifests: dict[str, Path], se
               "grid_items": 6, "lora": lora, "splits": ["distinct", "near"], "caption": "plain"}
     jobs_ = []
     for name, manifest in manifests.items():
-        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+        digest = _file_key(manifest)
         for s in range(p.seeds):
             spec = {"name": name, "preset": "B", "loss": "masked", "seed": seed + s, "extra": {}}
             jobs_.append({**common, "kind": "lora", "name": name, "label": name, "spec": spec,
