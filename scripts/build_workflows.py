@@ -65,6 +65,17 @@ SOCKETS = {
     "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "InstructIdentitySaveSheet": ([("images", "IMAGE"), ("layout", "II_REGION_LAYOUT")], [("sheet_path", "STRING")]),
+    "InstructIdentitySplitSheet": ([("image", "IMAGE"), ("layout", "II_REGION_LAYOUT")], [("cells", "IMAGE"), ("captions", "STRING")]),
+    "InstructIdentityOutpaintBorders": ([("image", "IMAGE")], [("left", "INT"), ("top", "INT"), ("right", "INT"),
+                                                              ("bottom", "INT"), ("subject_mask", "MASK"), ("report", "STRING")]),
+    "ImagePadForOutpaint": ([("image", "IMAGE")], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SetLatentNoiseMask": ([("samples", "LATENT"), ("mask", "MASK")], [("LATENT", "LATENT")]),
+    "InstructIdentityCharisLoader": ([], [("evaluator", "CHARIS_EVALUATOR")]),
+    "InstructIdentitySheetsToDataset": ([("charis", "CHARIS_EVALUATOR")], [("report", "STRING"), ("manifest", "STRING")]),
+    "PreviewAny": ([("source", "*")], []),
+    "ImageCrop": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
+    "InstructIdentityCharisFilter": ([("evaluator", "CHARIS_EVALUATOR"), ("reference", "IMAGE"), ("generated", "IMAGE")],
+                                     [("passed", "IMAGE"), ("rejected", "IMAGE"), ("report", "STRING"), ("passed_count", "INT")]),
 }
 
 
@@ -268,12 +279,14 @@ def demo_graph() -> Graph:
 MINIATURE_SHEETS = "character_sheet_regional_batch_miniature.json"
 MINIATURE_SHEETS_API = REPO / "miniature" / "sheets_prompt.json"
 MINIATURE_CELL = 32      # the miniature draws 32 px sprites; a sheet is 1 x 2 cells (two views, as it was trained)
+MINIATURE_REPAIR_MULTIPLE = 8  # out-paint padding in steps of 8 px (the miniature's latent is 1/2 scale, patches 2x2)
 MINIATURE_ZOOM = 4       # sheets are saved 4x larger (nearest): CHARIS's colour segmentation needs more than 32 px
 
 
-def miniature_sheets_graph() -> Graph:
+def miniature_sheets_graph(note: bool = True) -> Graph:
     """Stage I of the paper's curation on the miniature FLUX: the shipped character-sheet batch workflow
-    with the demo loader in place of the FLUX loaders (everything else is the FLUX path)."""
+    with the demo loader in place of the FLUX loaders (everything else is the FLUX path). ``note``: with
+    its how-to note (graphs built on top of it bring their own)."""
     g = Graph()
     loader = g.add("InstructIdentityDemoModel", (0, 0), size=(340, 110), title="Demo model (miniature FLUX, CPU)",
                    api={"base": DEMO_BASE})
@@ -325,7 +338,7 @@ def miniature_sheets_graph() -> Graph:
     for out_name, in_name in (("filename_prefix", "filename_prefix"), ("name", "character"), ("base_prompt", "base_prompt"),
                               ("seed", "seed")):
         g.link(batch, out_name, save, in_name)
-    note = (
+    text = (
         "## Character sheets on the miniature FLUX (CPU, seconds)\n\n"
         "Stage I of the paper's data curation with the built-in demo model: one two-view sheet per character "
         "(`name: description` per line; the miniature knows sprite colours, e.g. `a red head, a striped blue torso, "
@@ -336,7 +349,162 @@ def miniature_sheets_graph() -> Graph:
         "turns them into pairs. Measured end to end in `docs/curation-replication.md`; with FLUX use "
         "`character_sheet_regional_batch.json` (docs/character-sheets.md)."
     )
-    g.add("MarkdownNote", (0, 720), [note], size=(420, 260), title="How to use")
+    if note:
+        g.add("MarkdownNote", (0, 720), [text], size=(420, 260), title="How to use")
+    return g
+
+
+MINIATURE_REPAIR = "outpaint_repair_miniature.json"
+MINIATURE_REPAIR_API = REPO / "miniature" / "repair_prompt.json"
+
+
+def miniature_repair_graph() -> Graph:
+    """Out-paint repair on the miniature FLUX: the FLUX.1 Fill template's path (Find Cut-off Borders ->
+    Pad Image for Outpainting) with masked sampling by the base (VAEEncode -> Set Latent Noise Mask ->
+    KSampler, as ComfyUI's inpainting with a non-Fill model does), since the miniature has no Fill model."""
+    g = Graph()
+    loader = g.add("InstructIdentityDemoModel", (0, 0), size=(340, 110), title="Demo model (miniature FLUX, CPU)",
+                   api={"base": DEMO_BASE})
+    image = g.add("LoadImage", (0, 160), size=(300, 320), title="Cell (32 px, as the miniature draws it)",
+                  api={"image": "cell.png"})
+    g.nodes[image - 1]["widgets_values"].append("image")
+    borders = g.add("InstructIdentityOutpaintBorders", (340, 160), size=(320, 200),
+                    api={"threshold": 0.08, "margin": 2, "min_touch": 0.02, "pad_fraction": 0.25,
+                         "multiple": MINIATURE_REPAIR_MULTIPLE})
+    g.link(image, "IMAGE", borders, "image")
+    pad = g.add("ImagePadForOutpaint", (700, 160), size=(300, 180),
+                api={"left": 0, "top": 0, "right": 0, "bottom": 0, "feathering": 0})
+    g.link(image, "IMAGE", pad, "image")
+    for side in ("left", "top", "right", "bottom"):
+        g.link(borders, side, pad, side)
+    positive = g.add("CLIPTextEncode", (340, 400), size=(360, 120), title="The cell's prompt (description + pose)",
+                     api={"text": "a red head, a striped blue torso, green legs, a yellow hat. "
+                                  "the character standing, large, on the left"})
+    g.link(loader, "CLIP", positive, "clip")
+    negative = g.add("CLIPTextEncode", (340, 560), size=(360, 100), title="Negative (empty caption)", api={"text": ""})
+    g.link(loader, "CLIP", negative, "clip")
+    encode = g.add("VAEEncode", (1040, 160), size=(240, 60), api={})
+    g.link(pad, "IMAGE", encode, "pixels")
+    g.link(loader, "VAE", encode, "vae")
+    masked = g.add("SetLatentNoiseMask", (1040, 260), size=(240, 60), api={})
+    g.link(encode, "LATENT", masked, "samples")
+    g.link(pad, "MASK", masked, "mask")
+    sampler = g.add("KSampler", (1320, 160), size=(320, 270),
+                    api={"seed": 0, "steps": 24, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0})
+    g.link(loader, "MODEL", sampler, "model")
+    g.link(positive, "CONDITIONING", sampler, "positive")
+    g.link(negative, "CONDITIONING", sampler, "negative")
+    g.link(masked, "LATENT", sampler, "latent_image")
+    decode = g.add("VAEDecode", (1320, 470), size=(240, 60), api={})
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(loader, "VAE", decode, "vae")
+    save = g.add("SaveImage", (1680, 160), size=(320, 320), api={"filename_prefix": "outpaint_repair_miniature/cell"})
+    g.link(decode, "IMAGE", save, "images")
+    note = (
+        "## Out-paint repair on the miniature FLUX (CPU, a second)\n\n"
+        "Load a 32 px cell whose character is cut off by the border (a cell of a Stage I sheet, e.g. cut with **Split "
+        "Character Sheet**). **Find Cut-off Borders** finds the sides the character touches and pads only those (a "
+        "quarter of the size, in steps of 8 px); the padding is then drawn by masked sampling with the base and the "
+        "cell's own prompt: the miniature has no Fill model, so this is ComfyUI's inpainting with a plain model "
+        "(Set Latent Noise Mask), not FLUX.1 Fill's conditioning. Nothing cut off: no padding, the cell comes back "
+        "redrawn only where the mask says (nowhere). With FLUX use `outpaint_repair_flux_fill.json`; measured in "
+        "`docs/curation-replication.md`."
+    )
+    g.add("MarkdownNote", (0, 700), [note], size=(420, 260), title="How to use")
+    return g
+
+
+MINIATURE_CURATION = "character_sheet_curation_miniature.json"
+MINIATURE_CURATION_API = REPO / "miniature" / "curation_prompt.json"
+TOY_JUDGE_URL = "http://127.0.0.1:8765/v1"
+
+
+def node_of(g: Graph, type_: str) -> int:
+    return next(n["id"] for n in g.nodes if n["type"] == type_)
+
+
+def miniature_curation_graph() -> Graph:
+    """The miniature curation pipeline in one graph: Stage I sheets (the sheet template), the right-hand
+    cell out-paint repaired (the repair template's path), and a CHARIS filter preview of (left cell ->
+    repaired right cell) with the miniature's simulated judge, per character of the batch."""
+    g = miniature_sheets_graph(note=False)
+    loader, batch = node_of(g, "InstructIdentityDemoModel"), node_of(g, "InstructIdentityCharacterSheetBatch")
+    decode = node_of(g, "VAEDecode")
+    negative = next(n["id"] for n in g.nodes if n.get("title", "").startswith("Negative"))
+    x0, y0 = 0, 1100
+    cells = {}
+    for i, side in enumerate(("left", "right")):
+        crop = g.add("ImageCrop", (x0 + 340 * i, y0), size=(300, 150), title=f"{side} cell",
+                     api={"width": MINIATURE_CELL, "height": MINIATURE_CELL, "x": MINIATURE_CELL * i, "y": 0})
+        g.link(decode, "IMAGE", crop, "image")
+        cells[side] = crop
+    borders = g.add("InstructIdentityOutpaintBorders", (x0 + 700, y0), size=(320, 200),
+                    api={"threshold": 0.08, "margin": 2, "min_touch": 0.02, "pad_fraction": 0.25,
+                         "multiple": MINIATURE_REPAIR_MULTIPLE})
+    g.link(cells["right"], "IMAGE", borders, "image")
+    pad = g.add("ImagePadForOutpaint", (x0 + 1060, y0), size=(300, 180),
+                api={"left": 0, "top": 0, "right": 0, "bottom": 0, "feathering": 0})
+    g.link(cells["right"], "IMAGE", pad, "image")
+    for side in ("left", "top", "right", "bottom"):
+        g.link(borders, side, pad, side)
+    prompt = g.add("CLIPTextEncode", (x0 + 700, y0 + 260), size=(360, 120), title="Repair prompt (the identity prompt)",
+                   api={"text": ""})
+    g.link(batch, "base_prompt", prompt, "text")
+    g.link(loader, "CLIP", prompt, "clip")
+    encode = g.add("VAEEncode", (x0 + 1060, y0 + 230), size=(240, 60), api={})
+    g.link(pad, "IMAGE", encode, "pixels")
+    g.link(loader, "VAE", encode, "vae")
+    masked = g.add("SetLatentNoiseMask", (x0 + 1060, y0 + 330), size=(240, 60), api={})
+    g.link(encode, "LATENT", masked, "samples")
+    g.link(pad, "MASK", masked, "mask")
+    sampler = g.add("KSampler", (x0 + 1400, y0), size=(320, 270), title="Repair: masked sampling with the base",
+                    api={"seed": 0, "steps": 24, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0})
+    for src, out_name, in_name in ((loader, "MODEL", "model"), (batch, "seed", "seed"), (prompt, "CONDITIONING", "positive"),
+                                   (negative, "CONDITIONING", "negative"), (masked, "LATENT", "latent_image")):
+        g.link(src, out_name, sampler, in_name)
+    repaired = g.add("VAEDecode", (x0 + 1400, y0 + 320), size=(240, 60), api={})
+    g.link(sampler, "LATENT", repaired, "samples")
+    g.link(loader, "VAE", repaired, "vae")
+    zoomed = {}
+    for i, (label, src) in enumerate((("reference (left cell)", cells["left"]), ("repaired right cell", repaired))):
+        z = g.add("ImageScaleBy", (x0 + 1760, y0 + 130 * i), size=(300, 90), title=f"{label}, {MINIATURE_ZOOM}x",
+                  api={"upscale_method": "nearest-exact", "scale_by": float(MINIATURE_ZOOM)})
+        g.link(src, "IMAGE", z, "image")
+        zoomed[i] = z
+    charis = g.add("InstructIdentityCharisLoader", (x0, y0 + 460), size=(380, 330),
+                   title="CHARIS (the miniature's simulated judge, no CLIP)",
+                   api={"clip": "none", "quality_model": "none", "grounding_dino": "none", "sam": "none",
+                        "vlm": "openai-compatible", "vlm_base_url": TOY_JUDGE_URL, "vlm_model": "toy-palette-judge",
+                        "api_key_env": "", "cache_answers": False, "device": "cpu"})
+    filt = g.add("InstructIdentityCharisFilter", (x0 + 420, y0 + 460), size=(380, 520),
+                 title="Filter preview (identity, colour, diversity)",
+                 api={"prompt": "", "weight_identity": 0.35, "weight_color": 0.25, "weight_quality": 0.0,
+                      "weight_diversity": 0.2, "min_identity": 0.9, "min_color": 0.6, "min_quality": 0.0,
+                      "min_diversity": 0.5, "min_charis": 0.0, "min_prompt": 0.0})
+    g.link(charis, "evaluator", filt, "evaluator")
+    g.link(zoomed[0], "IMAGE", filt, "reference")
+    g.link(zoomed[1], "IMAGE", filt, "generated")
+    g.link(batch, "base_prompt", filt, "prompt")
+    for k, (out_name, title) in enumerate((("passed", "Kept (a training pair)"), ("rejected", "Dropped"))):
+        preview = g.add("PreviewImage", (x0 + 840 + 340 * k, y0 + 460), size=(300, 300), title=title, api={})
+        g.link(filt, out_name, preview, "images")
+    report = g.add("PreviewAny", (x0 + 840, y0 + 800), size=(640, 220), title="Why (every axis)", api={})
+    g.link(filt, "report", report, "source")
+    note = (
+        "## The curation pipeline on the miniature FLUX (CPU, seconds per character)\n\n"
+        "1. **Sheets**: the Stage I sheet template (regional prompting, one two-view sheet per character; saved to "
+        "`output/character_sheets_miniature/`).\n"
+        "2. **Repair**: the right-hand cell, where the miniature most often cuts the figure off, goes through "
+        "**Find Cut-off Borders** -> **Pad Image for Outpainting** -> masked sampling with the base (no Fill model "
+        "in the miniature; with FLUX use `outpaint_repair_flux_fill.json`).\n"
+        "3. **Filter preview**: CHARIS in filter mode on (left cell -> repaired right cell): identity and "
+        "diversity from the judge, colour fidelity by region. The miniature has no VLM: start its simulated "
+        "judge first, `python -m benchmarks.toy.judge --port 8765` (it reads palette colours; it is not a VLM). "
+        "With FLUX, point the CHARIS Loader at a real VLM (Ollama, vLLM) and a CLIP for quality.\n\n"
+        "For a whole dataset use **Sheets to Dataset** / `ii-curate --filter charis`; measured end to end in "
+        "`docs/curation-replication.md`."
+    )
+    g.add("MarkdownNote", (0, 2100), [note], size=(520, 320), title="How to use")
     return g
 
 
@@ -421,6 +589,14 @@ def main() -> None:
     (OUT / MINIATURE_SHEETS).write_text(json.dumps(sheets.to_json(), indent=1) + "\n")
     MINIATURE_SHEETS_API.write_text(json.dumps(sheets.to_api(), indent=1) + "\n")
     print(f"wrote workflows/{MINIATURE_SHEETS} and {MINIATURE_SHEETS_API.relative_to(REPO)}")
+    repair = miniature_repair_graph()
+    (OUT / MINIATURE_REPAIR).write_text(json.dumps(repair.to_json(), indent=1) + "\n")
+    MINIATURE_REPAIR_API.write_text(json.dumps(repair.to_api(), indent=1) + "\n")
+    print(f"wrote workflows/{MINIATURE_REPAIR} and {MINIATURE_REPAIR_API.relative_to(REPO)}")
+    curation = miniature_curation_graph()
+    (OUT / MINIATURE_CURATION).write_text(json.dumps(curation.to_json(), indent=1) + "\n")
+    MINIATURE_CURATION_API.write_text(json.dumps(curation.to_api(), indent=1) + "\n")
+    print(f"wrote workflows/{MINIATURE_CURATION} and {MINIATURE_CURATION_API.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_FILE = REPO / "demo" / "models" / "ii_demo_base.safetensors"
 SHEETS_PROMPT = REPO / "miniature" / "sheets_prompt.json"
 SHEETS_TEMPLATE = REPO / "workflows" / "character_sheet_regional_batch_miniature.json"
+REPAIR_PROMPT = REPO / "miniature" / "repair_prompt.json"
+REPAIR_TEMPLATE = REPO / "workflows" / "outpaint_repair_miniature.json"
 ZOOM = 4      # sheets are saved 4x enlarged (the template's ImageScaleBy)
 SIZE = 32     # one cell of the miniature
 SHEET_FOLDER = "character_sheets_miniature"
@@ -216,6 +218,128 @@ def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[tuple], 
 
     atomic_write_text(done, json.dumps(info))
     return info
+
+
+# --------------------------------------------------------------------------------------------------
+# out-paint repair (the miniature has no Fill model: masked sampling with the base)
+
+
+def _node(prompt: dict, class_type: str) -> dict:
+    return next(v for v in prompt.values() if v["class_type"] == class_type)
+
+
+def repair_prompt(image: str, text: str, seed: int, p: CurationProfile, prefix: str) -> dict:
+    """The repair template's API graph for one cell: ``image`` (a file in ComfyUI's input folder) padded on
+    its cut-off sides, the padding drawn with the cell's own prompt ``text``."""
+    prompt = json.loads(REPAIR_PROMPT.read_text())
+    _node(prompt, "LoadImage")["inputs"]["image"] = image
+    sampler = _node(prompt, "KSampler")["inputs"]
+    sampler.update(seed=int(seed), steps=p.sheet_steps, cfg=p.sheet_cfg)
+    prompt[sampler["positive"][0]]["inputs"]["text"] = text
+    _node(prompt, "SaveImage")["inputs"]["filename_prefix"] = prefix
+    return prompt
+
+
+def border_settings() -> dict:
+    """The repair template's Find Cut-off Borders widgets (one definition: the graph's)."""
+    inputs = _node(json.loads(REPAIR_PROMPT.read_text()), "InstructIdentityOutpaintBorders")["inputs"]
+    return {k: v for k, v in inputs.items() if not isinstance(v, list)}
+
+
+def reframe(picture: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """A ``size`` x ``size`` window of an out-painted (larger) cell around its subject's bounding box, so the
+    repaired cell keeps the miniature's size (a FLUX user keeps the larger picture)."""
+    import torch
+
+    from instruct_identity.curation import outpaint
+
+    h, w = picture.shape[:2]
+    mask = outpaint.subject_mask(torch.from_numpy(picture.astype(np.float32) / 255.0)).numpy() > 0.5
+    ys, xs = np.nonzero(mask)
+    cy, cx = ((ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2) if len(ys) else (h / 2, w / 2)
+    top = int(min(max(round(cy - size / 2), 0), h - size))
+    left = int(min(max(round(cx - size / 2), 0), w - size))
+    return picture[top:top + size, left:left + size]
+
+
+def repair_sheets(server, src: Path, out: Path, p: CurationProfile, seed: int) -> dict:
+    """Every cell of the sheets in ``src`` that Find Cut-off Borders calls cut off goes through the repair
+    template on ``server`` (padding drawn by the base with the cell's prompt), is reframed to the cell size
+    and put back; the repaired sheets (with their layouts) land in ``out``. Cached."""
+    import torch
+    from PIL import Image
+
+    from instruct_identity.core.files import atomic_write_bytes, atomic_write_text
+    from instruct_identity.core.imagefile import png_bytes
+    from instruct_identity.curation import outpaint
+    from instruct_identity.curation.pipeline import load_picture, split_sheet
+    from instruct_identity.curation.sheets import read_sheet_info, sidecar_path
+    from instruct_identity.miniature import demo_run
+
+    done = out / "done.json"
+    key = _key({"sheets": json.loads((src / "done.json").read_text()).get("key"), "graph": _file_key(REPAIR_PROMPT),
+                "seed": seed, "steps": p.sheet_steps, "cfg": p.sheet_cfg})
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        return json.loads(done.read_text())
+    if server is None:
+        raise RuntimeError("repair: the cells must be repaired again, but no ComfyUI server was started")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    settings = border_settings()
+    inbox = server.base / "input" / "repair"
+    inbox.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cells_info: dict[str, list] = {}
+    sides_count: dict[str, int] = {}
+    for k, path in enumerate(sorted(src.glob("*.png"))):
+        info = read_sheet_info(path)
+        sheet = (shrink(np.asarray(load_picture(path))[..., :3]) * 255).round().astype(np.uint8)
+        per = []
+        for i, (cell, region) in enumerate(zip(split_sheet(sheet, info), info.layout.regions)):
+            report, _ = outpaint.border_padding(torch.from_numpy(cell.astype(np.float32) / 255.0), **settings)
+            entry = {"sides": report.sides, "padding": report.padding}
+            if report.sides:
+                name = f"{path.stem}_{i}.png"
+                atomic_write_bytes(inbox / name, png_bytes(cell), fsync=False)
+                prompt = repair_prompt(f"repair/{name}", region.prompt, seed + 131 * k + i, p,
+                                       f"repair/{path.stem}_{i}")
+                saved = demo_run.saved_images(server.run(prompt, json.loads(REPAIR_TEMPLATE.read_text())), prompt)
+                padded = np.asarray(Image.open(server.output / saved[0]["subfolder"] / saved[0]["filename"]).convert("RGB"))
+                fixed = reframe(padded, cell.shape[0])
+                x, y, w, h = region.box
+                sheet[y:y + h, x:x + w] = fixed
+                after, _ = outpaint.border_padding(torch.from_numpy(fixed.astype(np.float32) / 255.0), **settings)
+                entry.update(padded_size=list(padded.shape[:2]), still_cut_off=after.sides)
+                for side in report.sides:
+                    sides_count[side] = sides_count.get(side, 0) + 1
+            per.append(entry)
+        cells_info[path.name] = per
+        big = np.repeat(np.repeat(sheet, ZOOM, 0), ZOOM, 1)
+        atomic_write_bytes(out / path.name, png_bytes(big), fsync=False)
+        shutil.copy2(sidecar_path(path), sidecar_path(out / path.name))
+        if (k + 1) % 50 == 0:
+            log.info("repair: %d sheets", k + 1)
+    cells = [c for v in cells_info.values() for c in v]
+    repaired = [c for c in cells if c["sides"]]
+    info = {"sheets": len(cells_info), "cells": len(cells), "repaired": len(repaired),
+            "still_cut_off": sum(1 for c in repaired if c.get("still_cut_off")), "sides": sides_count,
+            "settings": settings, "per_sheet": cells_info, "wall_s": time.perf_counter() - t0, "key": key}
+    atomic_write_text(done, json.dumps(info))
+    return info
+
+
+def repair_effect(before: dict[str, dict], after: dict[str, dict], repair: dict) -> dict:
+    """Ground truth of the repaired cells before and after repair (the rest are unchanged)."""
+    pairs = [(before[n]["cells"][i], after[n]["cells"][i]) for n, cells in repair["per_sheet"].items()
+             for i, c in enumerate(cells) if c["sides"] and n in before and n in after]
+    out = {"cells": len(pairs)}
+    for label, k in (("before", 0), ("after", 1)):
+        cs = [pr[k] for pr in pairs]
+        out[label] = {"cells_consistent": _share(c["consistent"] for c in cs),
+                      "cells_on_prompt": _share(c["on_prompt"] for c in cs),
+                      "speckle": float(np.nanmean([c["speckle"] for c in cs])) if cs else math.nan}
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -566,6 +690,65 @@ def base_text_to_image(work: Path, p: CurationProfile, seed: int) -> dict:
     return res
 
 
+SPECKLE_SAMPLERS = (("euler", 24, 4.0), ("euler", 96, 4.0), ("heun", 24, 4.0), ("dpmpp_2m", 24, 4.0),
+                    ("euler_ancestral", 24, 4.0), ("euler", 24, 2.0), ("euler", 24, 1.0))
+SPECKLE_SIGMAS = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
+
+
+def speckle_probe(work: Path, p: CurationProfile, seed: int) -> dict:
+    """Where the base's speckle comes from (held-out characters, full captions): text-to-image speckle per
+    sampler / steps / CFG, and the speckle of the model's one-step clean estimate x0 = x_t - sigma v from
+    a renderer picture noised to each sigma (low sigma: the model only has to denoise). Cached."""
+    import torch
+
+    from instruct_identity.core.files import atomic_write_text
+    from instruct_identity.miniature import files as mfiles
+    from instruct_identity.miniature import sprites
+    from instruct_identity.training.model import FluxForward
+
+    from . import data, evaluate
+
+    path = work / "speckle-probe.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    _, test = sprites.split_characters(100_000, 200, seed=0)
+    rng = random.Random(f"curation-speckle:{seed}")
+    picks = [(rng.choice(test), rng.choice(sprites.ALL_POSES)) for _ in range(p.eval_items)]
+    items, pixels = [], []
+    for c, pose in picks:
+        img, masks = sprites.render(c, pose, SIZE)
+        pixels.append(img)
+        items.append(evaluate.EvalItem(data.PairSpec(c, pose, pose), img, img, masks, masks))
+    captions = [data.full_caption(c, pose) for c, pose in picks]
+    base = mfiles.load_base(BASE_FILE)
+    keys = ("part_color_acc", "speckle", "speckle_se")
+    samplers = []
+    for name, steps, cfg in (SPECKLE_SAMPLERS if p.name == "full" else SPECKLE_SAMPLERS[:1]):
+        out = evaluate.sample_text_to_image(base.model, base.codec, base.text_encoder, captions, size=SIZE,
+                                            steps=steps, seed=seed, cfg=cfg, sampler=name)
+        m = evaluate.score(out, items)["mean"]
+        samplers.append({"sampler": name, "steps": steps, "cfg": cfg, **{k: m[k] for k in keys}})
+    model = base.model.model
+    dm = model.diffusion_model
+    forward = FluxForward(dm, gradient_checkpointing=False, guidance=1.0)
+    cond = evaluate.conditioning(base.text_encoder, captions)
+    context, pooled = cond[0][0], cond[0][1]["pooled_output"]
+    x0 = model.process_latent_in(base.codec.encode(torch.from_numpy(np.stack(pixels)).float() / 255.0))
+    g = torch.Generator().manual_seed(seed)
+    one_step = []
+    for sigma in SPECKLE_SIGMAS:
+        noise = torch.randn(x0.shape, generator=g)
+        s = torch.full((len(x0),), float(sigma))
+        xt = (1 - sigma) * x0 + sigma * noise
+        with torch.no_grad():
+            est = xt - sigma * forward(dm, xt, s, context, pooled)
+        m = evaluate.score(base.codec.decode(model.process_latent_out(est)).numpy(), items)["mean"]
+        one_step.append({"sigma": sigma, **{k: m[k] for k in keys}})
+    res = {"samples": len(items), "samplers": samplers, "one_step_x0": one_step}
+    atomic_write_text(path, json.dumps(res))
+    return res
+
+
 # --------------------------------------------------------------------------------------------------
 # the whole pipeline
 
@@ -585,12 +768,17 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     widgets = next(v["inputs"] for v in template.values() if v["class_type"] == "InstructIdentityRegionalPrompting")
     results["regional_settings"] = {k: v for k, v in {**widgets, **p.regional}.items() if not isinstance(v, list)}
     results["base_text_to_image"] = base_text_to_image(work, p, seed)
+    results["speckle_probe"] = speckle_probe(work, p, seed)
     stage1 = work / "stage1" / "sheets"
     server = None
     try:
         if not (stage1 / "done.json").is_file():
             server = ComfyServer(work / "comfy").start()
         info1 = make_sheets(server, stage1, "stage1", chars, pairs, p, seed)
+        repaired = work / "stage1-repaired" / "sheets"
+        if server is None and not (repaired / "done.json").is_file():
+            server = ComfyServer(work / "comfy").start()
+        repair = repair_sheets(server, stage1, repaired, p, seed)
         results["regional_sweep"] = {}
         sweep_chars, sweep_pairs = chars[: p.sweep_characters], pairs[:2]
         for i, (label, change) in enumerate(SWEEP.items()):
@@ -609,9 +797,16 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
                      s1["curation"][cfg["name"]]["kept"], s1["curation"][cfg["name"]]["candidates"],
                      s1["curation"][cfg["name"]]["precision"], s1["curation"][cfg["name"]]["recall"])
         results["stages"]["stage1"] = s1
+        chosen = downstream_filter(s1["curation"])
+        truth_r = sheets_truth(repaired, chars)
+        s1r = {"repair": {k: v for k, v in repair.items() if k != "per_sheet"}, "consistency": consistency(truth_r),
+               "repaired_cells": repair_effect(truth1, truth_r, repair), "curation": {}}
+        for cfg in [c for c in filter_configs(p) if c["name"] in ("unfiltered", chosen)]:
+            folder = work / "stage1-repaired" / f"dataset-{cfg['name']}"
+            s1r["curation"][cfg["name"]] = {**cfg, **detector(truth_r, folder, curate(repaired, folder, cfg, work, seed))}
+        results["stages"]["stage1_repaired"] = s1r
 
         # Stage II: grid LoRA on the sheets the chosen filter kept whole
-        chosen = downstream_filter(s1["curation"])
         results["downstream_filter"] = chosen
         keep = kept_sheets(truth1, work / "stage1" / f"dataset-{chosen}")
         stage2, grid, info2 = work / "stage2" / "sheets", None, None
@@ -650,6 +845,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     # identity LoRAs on curated data only, and on ground-truth pairs (same characters, renderer-drawn)
     sources = {"stage1-filtered": [work / "stage1" / f"dataset-{chosen}"],
                "stage1-unfiltered": [work / "stage1" / "dataset-unfiltered"],
+               "stage1+repair-filtered": [work / "stage1-repaired" / f"dataset-{chosen}"],
                "stage1+2-filtered": [work / "stage1" / f"dataset-{chosen}", work / "stage2" / f"dataset-{chosen}"]}
     manifests, skipped = {}, {}
     for name, folders in sources.items():

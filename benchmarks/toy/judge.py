@@ -18,6 +18,10 @@ which CHARIS task a prompt is and answers it from what is visible in the picture
 random one (score 0..4; every verdict redrawn), deterministically per (seed, task, pictures). Rate 0 is
 the judge a perfect VLM would be on these pictures; it still only sees pixels, so a drifted character
 drawn in the right colours passes.
+
+For the miniature's ComfyUI template (``workflows/character_sheet_curation_miniature.json``) it also runs
+on its own: ``python -m benchmarks.toy.judge --port 8765`` (CHARIS Loader: vlm = openai-compatible,
+``http://127.0.0.1:8765/v1``, model ``toy-palette-judge``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import base64
 import hashlib
 import io
 import json
+import argparse
+import logging
 import random
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -189,7 +196,7 @@ class PaletteJudge:
 
     MODEL = "toy-palette-judge"
 
-    def __init__(self, error_rate: float = 0.0, seed: int = 0):
+    def __init__(self, error_rate: float = 0.0, seed: int = 0, port: int = 0):
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate {error_rate} is outside [0, 1]")
         self.error_rate, self.seed = float(error_rate), int(seed)
@@ -220,7 +227,7 @@ class PaletteJudge:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -293,3 +300,29 @@ def charis_config(judge: PaletteJudge | None, cache_dir: str | None = None, colo
                         "concurrency": 2, "timeout": 30.0, "max_retries": 1},
                    composite={"weights": weights, "thresholds": thresholds})
     return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="The miniature's simulated VLM judge on 127.0.0.1 (until Ctrl+C).")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--error-rate", type=float, default=0.0, help="share of answers replaced by random ones (0..1)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        judge = PaletteJudge(args.error_rate, args.seed, args.port)
+    except (ValueError, OSError) as e:
+        logging.error("toy judge: %s", e)
+        return 2
+    logging.info("toy judge (%s, error rate %g) at %s", judge.MODEL, judge.error_rate, judge.base_url)
+    try:
+        judge.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        judge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

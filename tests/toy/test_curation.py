@@ -134,8 +134,14 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
         seen, unseen = s2["consistency_seen"]["sheets"], s2["consistency_unseen"]["sheets"]
         assert seen + unseen == n_sheets and seen > 0
     assert len(results["regional_sweep"]) == len(C.SWEEP)
+    rep = results["stages"]["stage1_repaired"]
+    assert rep["repair"]["cells"] == 2 * n_sheets and rep["repaired_cells"]["cells"] == rep["repair"]["repaired"]
+    assert len(list((tmp_path / "work" / "stage1-repaired" / "sheets").glob("*.sheet.json"))) == n_sheets
+    assert {"unfiltered", results["downstream_filter"]} == set(rep["curation"])
+    assert results["speckle_probe"]["samplers"] and len(results["speckle_probe"]["one_step_x0"]) == len(C.SPECKLE_SIGMAS)
     md = out.with_suffix(".md").read_text()
     assert "## The filter as a detector of good pairs" in md and "simulated" in md
+    assert "## Out-paint repair" in md and "## Where the speckle comes from" in md
     assert (tmp_path / "images" / "curation-stage1-sheets.png").is_file()
 
 
@@ -147,3 +153,93 @@ def test_later_stages_take_the_better_error_free_judge_filter(C):
     assert C.downstream_filter(cur) == "judge-0-no-colour"          # never a noisier judge, never unfiltered
     cur["judge-0-no-colour"]["recall"] = None
     assert C.downstream_filter(cur) == "judge-0"
+
+
+def test_repair_graph_samples_only_the_padding_with_the_cells_own_prompt(C):
+    p = C.PROFILES["full"]
+    g = C.repair_prompt("repair/x.png", "a red head. the character lying, small, on the left", 11, p, "repair/x")
+    node = lambda t: next(k for k, v in g.items() if v["class_type"] == t)  # noqa: E731
+    sampler = g[node("KSampler")]["inputs"]
+    assert g[node("LoadImage")]["inputs"]["image"] == "repair/x.png"
+    assert g[sampler["positive"][0]]["inputs"]["text"].startswith("a red head")
+    assert sampler["seed"] == 11 and sampler["steps"] == p.sheet_steps and sampler["denoise"] == 1.0
+    masked = g[sampler["latent_image"][0]]
+    assert masked["class_type"] == "SetLatentNoiseMask" and masked["inputs"]["mask"] == [node("ImagePadForOutpaint"), 1]
+    pad = g[node("ImagePadForOutpaint")]["inputs"]
+    assert [pad[s] for s in ("left", "top", "right", "bottom")] == [[node("InstructIdentityOutpaintBorders"), i] for i in range(4)]
+    assert C.border_settings() == {k: v for k, v in g[node("InstructIdentityOutpaintBorders")]["inputs"].items()
+                                   if not isinstance(v, list)}
+
+
+def test_reframe_keeps_the_whole_out_painted_figure_in_a_cell_sized_window(C):
+    pic = np.full((32, 40, 3), 255, np.uint8)
+    pic[10:20, 2:22] = (220, 40, 40)          # a figure completed into the left padding
+    win = C.reframe(pic, 32)
+    assert win.shape == (32, 32, 3) and (win != 255).any(-1).sum() == 10 * 20
+    pic[:] = 255
+    pic[0:4, 30:40] = (40, 70, 220)           # touching the top-right corner: clamped, never out of the picture
+    win = C.reframe(pic, 32)
+    assert win.shape == (32, 32, 3) and (win != 255).any(-1).sum() == 4 * 10
+    cell = np.full((32, 32, 3), 255, np.uint8)
+    assert np.array_equal(C.reframe(cell, 32), cell)
+
+
+def test_repair_effect_compares_only_the_repaired_cells(C):
+    cell = lambda ok: {"consistent": ok, "on_prompt": True, "speckle": 0.1}  # noqa: E731
+    before = {"a.png": {"cells": [cell(False), cell(False)]}, "b.png": {"cells": [cell(True), cell(False)]}}
+    after = {"a.png": {"cells": [cell(True), cell(False)]}, "b.png": {"cells": [cell(True), cell(True)]}}
+    repair = {"per_sheet": {"a.png": [{"sides": ["left"]}, {"sides": []}], "b.png": [{"sides": []}, {"sides": []}]}}
+    eff = C.repair_effect(before, after, repair)
+    assert eff["cells"] == 1 and eff["before"]["cells_consistent"] == 0.0 and eff["after"]["cells_consistent"] == 1.0
+
+
+@pytest.mark.slow
+def test_miniature_curation_template_runs_sheets_repair_and_filter_preview_in_comfyui(C, comfy_server):
+    import ii_harness
+
+    from instruct_identity.benchmarks.toy import judge as J
+
+    from PIL import Image
+
+    from instruct_identity.miniature import sprites
+
+    # a cell whose figure the left border cuts off: the renderer's sprite shifted 6 px out of the picture
+    char = sprites.Character("red", "blue", "green", "plain", "none")
+    img = sprites.render(char, sprites.Pose("left", "large", "standing"))[0]
+    cut = np.full_like(img, 255)
+    cut[:, :-6] = img[:, 6:]
+    Image.fromarray(cut).save(comfy_server.base / "input" / "cell.png")
+    info = comfy_server.get("/object_info")
+    for name, api in (("outpaint_repair_miniature.json", "repair_prompt.json"),
+                      ("character_sheet_curation_miniature.json", "curation_prompt.json")):
+        problems, prompt = ii_harness.check_workflow(json.loads((REPO / "workflows" / name).read_text()), info)
+        assert not problems, "\n".join(problems)
+        assert prompt == json.loads((REPO / "miniature" / api).read_text()), f"miniature/{api} is stale: run scripts/build_workflows.py"
+    repair = C.repair_prompt("cell.png", char.describe() + ". the character standing, large, on the left", 3,
+                             C.PROFILES["quick"], "repair-test/cell")
+    entry = comfy_server.run(repair, timeout=300)
+    assert entry["status"]["status_str"] == "success", ii_harness.error_messages(entry)
+    saved = next(o["images"][0] for o in entry["outputs"].values() if o.get("images"))
+    out = np.asarray(Image.open(comfy_server.base / "output" / saved["subfolder"] / saved["filename"]).convert("RGB"))
+    assert out.shape == (32, 40, 3)                      # padded on the left only, by a quarter of 32
+    # masked sampling leaves the cell's own pixels alone (up to 8-bit rounding) and draws in the padding
+    assert np.abs(out[:, 8:].astype(int) - cut).max() <= 1
+    assert (out[:, :8] != 255).any(-1).mean() > 0.05
+    prompt = json.loads((REPO / "miniature" / "curation_prompt.json").read_text())
+    node = lambda t: next(k for k, v in prompt.items() if v["class_type"] == t)  # noqa: E731
+    for v in prompt.values():
+        if v["class_type"] == "KSampler":
+            v["inputs"]["steps"] = 4
+    with J.PaletteJudge(0.0) as judge:
+        prompt[node("InstructIdentityCharisLoader")]["inputs"]["vlm_base_url"] = judge.base_url
+        entry = comfy_server.run(prompt, timeout=600)
+        assert entry["status"]["status_str"] == "success", ii_harness.error_messages(entry)
+        assert judge.by_task.get("identity_judge", 0) == 2       # one (left cell -> repaired right cell) per character
+    reports = [json.loads(t) for t in entry["outputs"][node("PreviewAny")]["text"]]
+    assert len(reports) == 2                                   # the batch's two characters, one preview each
+    for rep in reports:
+        (item,) = rep["results"]
+        assert all(item["axes"][a]["value"] is not None for a in ("identity", "color", "diversity")), item["axes"]
+        comp = item["composite"]
+        assert comp["complete"] and comp["axes_used"] == ["identity", "color", "diversity"]   # no CLIP needed
+        assert comp["passed"] == (not comp["failed"])
