@@ -863,6 +863,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     results["identity"]["budget"] = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr,
                                      "seeds": p.seeds}
     results["pictures"] = pictures(work, truth1, truth2, stage1, stage2, done)
+    results["pictures"]["repaired_cells"] = repaired_page(stage1, repaired, repair, work / "images" / "repaired_cells.png")
     results["wall_s"] = time.perf_counter() - t_wall
     return results
 
@@ -899,6 +900,33 @@ def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path,
         if r.get("grid") and r.get("seed") == min(x["seed"] for x in done):
             out[f"identity_{r['name']}"] = r["grid"]
     return out
+
+
+def repaired_page(before: Path, after: Path, repair: dict, path: Path, n: int = 16, cols: int = 4) -> str | None:
+    """Up to ``n`` repaired cells, each as (Stage I cell | repaired cell), 4x."""
+    from PIL import Image
+
+    from instruct_identity.curation.pipeline import load_picture, split_sheet
+    from instruct_identity.curation.sheets import read_sheet_info
+
+    tiles = []
+    for name, cells in sorted(repair["per_sheet"].items()):
+        for i, c in enumerate(cells):
+            if c["sides"] and len(tiles) < n:
+                pair = [split_sheet(np.asarray(load_picture(f / name))[..., :3], read_sheet_info(f / name))[i]
+                        for f in (before, after)]
+                tiles.append(np.concatenate([pair[0], np.full((pair[0].shape[0], 4, 3), 255, np.uint8), pair[1]], 1))
+    if not tiles:
+        return None
+    th, tw = tiles[0].shape[:2]
+    rows = math.ceil(len(tiles) / cols)
+    canvas = np.full((rows * (th + 12), cols * (tw + 12), 3), 200, np.uint8)
+    for k, t in enumerate(tiles):
+        y, x = (k // cols) * (th + 12), (k % cols) * (tw + 12)
+        canvas[y:y + th, x:x + tw] = t
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return str(path)
 
 
 def publish(results: dict, images: Path) -> None:

@@ -54,6 +54,85 @@ def curation_table(curation: dict) -> list[str]:
     return lines
 
 
+def repair_section(results: dict, out: Path) -> list[str]:
+    r = results["stages"].get("stage1_repaired")
+    if not r:
+        return []
+    rep, eff, st = r["repair"], r["repaired_cells"], r["repair"]["settings"]
+    sides = ", ".join(f"{k} × {v}" for k, v in sorted(rep["sides"].items())) or "none"
+    lines = [
+        "## Out-paint repair",
+        "",
+        f"Every Stage I cell goes through **Find Cut-off Borders** (threshold {st['threshold']}, margin {st['margin']} px, "
+        f"min touch {st['min_touch']}); a cell whose figure touches a side is padded there by {st['pad_fraction']:g} of its "
+        "size (`ImagePadForOutpaint`) and the padding drawn by masked sampling with the base and the cell's own prompt "
+        "(`workflows/outpaint_repair_miniature.json` on the same ComfyUI server: VAEEncode -> Set Latent Noise Mask -> "
+        "KSampler, ComfyUI's inpainting with a plain model; the miniature has no Fill model). The larger picture is then "
+        "cut back to the cell's size around the figure, so the sheet keeps its layout.",
+        "",
+        f"Cells repaired: **{rep['repaired']}** of {rep['cells']} (sides: {sides}); still touching a side after repair: "
+        f"{rep['still_cut_off']}. On the repaired cells only ({eff['cells']}):",
+        "",
+        "| repaired cells | consistent | on prompt | speckle |",
+        "|---|---|---|---|",
+        *[f"| {label} | {_f(eff[k]['cells_consistent'])} | {_f(eff[k]['cells_on_prompt'])} | {_f(eff[k]['speckle'])} |"
+          for label, k in (("before repair", "before"), ("after repair", "after"))],
+        "",
+        _img(results, "repaired_cells", out, "Repaired cells"),
+        "Repaired cells (4x), each pair: the Stage I cell | after repair.",
+        "",
+        "All Stage I sheets after repair:",
+        "",
+        "| stage | sheets | cells consistent | sheets with every cell consistent | part colour | silhouette IoU | speckle |",
+        "|---|---|---|---|---|---|---|",
+        _row("I", results["stages"]["stage1"]["consistency"]),
+        _row("I + repair", r["consistency"]),
+        "",
+        *curation_table(r["curation"]),
+        "",
+    ]
+    return lines
+
+
+def speckle_section(results: dict) -> list[str]:
+    sp = results.get("speckle_probe")
+    if not sp:
+        return []
+    return [
+        "## Where the speckle comes from",
+        "",
+        f"The base on held-out characters ({sp['samples']} pictures, full captions). Text-to-image by sampler:",
+        "",
+        "| sampler | steps | CFG | part colour | speckle |",
+        "|---|---|---|---|---|",
+        *[f"| {r['sampler']} | {r['steps']} | {r['cfg']:g} | {_f(r['part_color_acc'])} | {_pm({'mean': r['speckle'], 'se': r['speckle_se']})} |"
+          for r in sp["samplers"]],
+        "",
+        "The model's one-step clean estimate x0 = x_t − σ·v of a renderer picture noised to σ:",
+        "",
+        "| σ | part colour | speckle |",
+        "|---|---|---|",
+        *[f"| {r['sigma']:g} | {_f(r['part_color_acc'])} | {_pm({'mean': r['speckle'], 'se': r['speckle_se']})} |"
+          for r in sp["one_step_x0"]],
+        "",
+        *speckle_reading(sp),
+        "",
+    ]
+
+
+def speckle_reading(sp: dict, target: float = 0.05) -> list[str]:
+    """What the probe says, from its numbers (the target: speckle <= 0.05)."""
+    best = min(sp["samplers"], key=lambda r: r["speckle"])
+    low = min(sp["one_step_x0"], key=lambda r: r["sigma"])
+    clean = [r["sigma"] for r in sp["one_step_x0"] if r["speckle"] <= target]
+    text = (f"Lowest text-to-image speckle over these settings: {_f(best['speckle'])} ({best['sampler']}, {best['steps']} "
+            f"steps, CFG {best['cfg']:g}); the one-step estimate from σ = {low['sigma']:g}: {_f(low['speckle'])}.")
+    if best["speckle"] > target and clean:
+        text += (f" No setting reaches {target:g}, while the estimate is within it up to σ = {max(clean):g}: the speckle is "
+                 "decided at middle and high noise and later steps keep it, so it is the base's, not the sampler's.")
+    return [text]
+
+
 def render(results: dict, out: Path) -> str:
     out = Path(out).resolve()
     p = results["profile"]
@@ -117,6 +196,7 @@ def render(results: dict, out: Path) -> str:
                       f"{_f(r['sheets_consistent'])} | {_f(r.get('cells_on_prompt'))} | {_f(r['speckle'])} |")(
             s2["consistency_sweep_subset"])] if c2 and s2.get("consistency_sweep_subset", {}).get("cells") else []),
         "",
+        *repair_section(results, out),
         "## The filter as a detector of good pairs",
         "",
         "### Stage I",
@@ -132,6 +212,7 @@ def render(results: dict, out: Path) -> str:
         *(curation_table(s2["curation"]) if c2 else [f"Skipped: {s2.get('skipped')}."]),
         "",
     ]
+    lines += speckle_section(results)
     ident = results.get("identity")
     if ident:
         b = ident["budget"]
