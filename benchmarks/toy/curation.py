@@ -329,16 +329,31 @@ def repair_sheets(server, src: Path, out: Path, p: CurationProfile, seed: int) -
     return info
 
 
-def repair_effect(before: dict[str, dict], after: dict[str, dict], repair: dict) -> dict:
-    """Ground truth of the repaired cells before and after repair (the rest are unchanged)."""
-    pairs = [(before[n]["cells"][i], after[n]["cells"][i]) for n, cells in repair["per_sheet"].items()
-             for i, c in enumerate(cells) if c["sides"] and n in before and n in after]
-    out = {"cells": len(pairs)}
-    for label, k in (("before", 0), ("after", 1)):
-        cs = [pr[k] for pr in pairs]
+def repair_effect(before: dict[str, dict], after: dict[str, dict], repair: dict, chars: list | None = None) -> dict:
+    """Ground truth of the repaired cells before and after repair (the rest are unchanged); with ``chars``,
+    also how many of them the renderer itself draws touching the same side (a figure placed at the edge
+    by its pose, which the detector cannot tell from a cut-off one)."""
+    import torch
+
+    from instruct_identity.curation import outpaint
+    from instruct_identity.miniature import sprites
+
+    keys = [(n, i) for n, cells in repair["per_sheet"].items() for i, c in enumerate(cells)
+            if c["sides"] and n in before and n in after]
+    out = {"cells": len(keys)}
+    for label, truth in (("before", before), ("after", after)):
+        cs = [truth[n]["cells"][i] for n, i in keys]
         out[label] = {"cells_consistent": _share(c["consistent"] for c in cs),
                       "cells_on_prompt": _share(c["on_prompt"] for c in cs),
                       "speckle": float(np.nanmean([c["speckle"] for c in cs])) if cs else math.nan}
+    if chars is not None:
+        settings, by_design = border_settings(), 0
+        for n, i in keys:
+            pose = pose_of(before[n]["cells"][i]["pose"])
+            img = sprites.render(chars[before[n]["character"]], pose, SIZE)[0]
+            touch, _ = outpaint.border_padding(torch.from_numpy(img.astype(np.float32) / 255.0), **settings)
+            by_design += bool(set(touch.sides) & set(repair["per_sheet"][n][i]["sides"]))
+        out["touching_by_design"] = by_design
     return out
 
 
@@ -800,7 +815,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
         chosen = downstream_filter(s1["curation"])
         truth_r = sheets_truth(repaired, chars)
         s1r = {"repair": {k: v for k, v in repair.items() if k != "per_sheet"}, "consistency": consistency(truth_r),
-               "repaired_cells": repair_effect(truth1, truth_r, repair), "curation": {}}
+               "repaired_cells": repair_effect(truth1, truth_r, repair, chars), "curation": {}}
         for cfg in [c for c in filter_configs(p) if c["name"] in ("unfiltered", chosen)]:
             folder = work / "stage1-repaired" / f"dataset-{cfg['name']}"
             s1r["curation"][cfg["name"]] = {**cfg, **detector(truth_r, folder, curate(repaired, folder, cfg, work, seed))}

@@ -71,7 +71,11 @@ def repair_section(results: dict, out: Path) -> list[str]:
         "cut back to the cell's size around the figure, so the sheet keeps its layout.",
         "",
         f"Cells repaired: **{rep['repaired']}** of {rep['cells']} (sides: {sides}); still touching a side after repair: "
-        f"{rep['still_cut_off']}. On the repaired cells only ({eff['cells']}):",
+        f"{rep['still_cut_off']}"
+        + (f"; of the repaired cells, {eff['touching_by_design']} ask for a pose the renderer itself draws touching "
+           "that side (a figure placed at the edge, which the border test cannot tell from a cut-off one)"
+           if "touching_by_design" in eff else "")
+        + f". On the repaired cells only ({eff['cells']}):",
         "",
         "| repaired cells | consistent | on prompt | speckle |",
         "|---|---|---|---|",

@@ -184,13 +184,20 @@ def test_reframe_keeps_the_whole_out_painted_figure_in_a_cell_sized_window(C):
     assert np.array_equal(C.reframe(cell, 32), cell)
 
 
-def test_repair_effect_compares_only_the_repaired_cells(C):
-    cell = lambda ok: {"consistent": ok, "on_prompt": True, "speckle": 0.1}  # noqa: E731
-    before = {"a.png": {"cells": [cell(False), cell(False)]}, "b.png": {"cells": [cell(True), cell(False)]}}
-    after = {"a.png": {"cells": [cell(True), cell(False)]}, "b.png": {"cells": [cell(True), cell(True)]}}
-    repair = {"per_sheet": {"a.png": [{"sides": ["left"]}, {"sides": []}], "b.png": [{"sides": []}, {"sides": []}]}}
-    eff = C.repair_effect(before, after, repair)
-    assert eff["cells"] == 1 and eff["before"]["cells_consistent"] == 0.0 and eff["after"]["cells_consistent"] == 1.0
+def test_repair_effect_compares_only_the_repaired_cells_and_counts_edge_poses(C):
+    from instruct_identity.miniature import sprites
+
+    lying = "the character lying, large, on the left"         # the renderer's own figure touches the left border
+    standing = "the character standing, small, in the center"
+    cell = lambda ok, pose: {"consistent": ok, "on_prompt": True, "speckle": 0.1, "pose": pose}  # noqa: E731
+    sheet = lambda *cells: {"character": 0, "cells": list(cells)}  # noqa: E731
+    before = {"a.png": sheet(cell(False, lying), cell(False, standing)), "b.png": sheet(cell(True, standing), cell(False, lying))}
+    after = {"a.png": sheet(cell(True, lying), cell(False, standing)), "b.png": sheet(cell(True, standing), cell(True, lying))}
+    repair = {"per_sheet": {"a.png": [{"sides": ["left"]}, {"sides": ["left"]}], "b.png": [{"sides": []}, {"sides": ["right"]}]}}
+    chars = [sprites.Character("red", "blue", "green", "plain", "none")]
+    eff = C.repair_effect(before, after, repair, chars)
+    assert eff["cells"] == 3 and eff["before"]["cells_consistent"] == 0.0 and eff["after"]["cells_consistent"] == 2 / 3
+    assert eff["touching_by_design"] == 1        # a.png's lying cell; b.png's touches left by design, flagged right
 
 
 @pytest.mark.slow
