@@ -358,6 +358,43 @@ MINIATURE_REPAIR = "outpaint_repair_miniature.json"
 MINIATURE_REPAIR_API = REPO / "miniature" / "repair_prompt.json"
 
 
+def add_border_pad(g: Graph, image: int, x: int, y: int) -> int:
+    """Find Cut-off Borders -> Pad Image for Outpainting on ``image``: padding on the cut-off sides only."""
+    borders = g.add("InstructIdentityOutpaintBorders", (x, y), size=(320, 200),
+                    api={"threshold": 0.08, "margin": 2, "min_touch": 0.02, "pad_fraction": 0.25,
+                         "multiple": MINIATURE_REPAIR_MULTIPLE})
+    g.link(image, "IMAGE", borders, "image")
+    pad = g.add("ImagePadForOutpaint", (x + 360, y), size=(300, 180),
+                api={"left": 0, "top": 0, "right": 0, "bottom": 0, "feathering": 0})
+    g.link(image, "IMAGE", pad, "image")
+    for side in ("left", "top", "right", "bottom"):
+        g.link(borders, side, pad, side)
+    return pad
+
+
+def add_masked_sampling(g: Graph, loader: int, pad: int, positive: int, negative: int, x: int, y: int,
+                        seed: int | None = None) -> int:
+    """The padding drawn by the base: VAE Encode -> Set Latent Noise Mask (the pad's mask) -> KSampler ->
+    VAE Decode (ComfyUI's inpainting with a plain model); returns the decode node. ``seed``: a node whose
+    ``seed`` output feeds the sampler's."""
+    encode = g.add("VAEEncode", (x, y), size=(240, 60), api={})
+    g.link(pad, "IMAGE", encode, "pixels")
+    g.link(loader, "VAE", encode, "vae")
+    masked = g.add("SetLatentNoiseMask", (x, y + 100), size=(240, 60), api={})
+    g.link(encode, "LATENT", masked, "samples")
+    g.link(pad, "MASK", masked, "mask")
+    sampler = g.add("KSampler", (x + 280, y), size=(320, 270), title="Repair: masked sampling with the base",
+                    api={"seed": 0, "steps": 24, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0})
+    links = [(loader, "MODEL", "model"), (positive, "CONDITIONING", "positive"), (negative, "CONDITIONING", "negative"),
+             (masked, "LATENT", "latent_image")] + ([(seed, "seed", "seed")] if seed is not None else [])
+    for src, out_name, in_name in links:
+        g.link(src, out_name, sampler, in_name)
+    decode = g.add("VAEDecode", (x + 280, y + 310), size=(240, 60), api={})
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(loader, "VAE", decode, "vae")
+    return decode
+
+
 def miniature_repair_graph() -> Graph:
     """Out-paint repair on the miniature FLUX: the FLUX.1 Fill template's path (Find Cut-off Borders ->
     Pad Image for Outpainting) with masked sampling by the base (VAEEncode -> Set Latent Noise Mask ->
@@ -368,37 +405,15 @@ def miniature_repair_graph() -> Graph:
     image = g.add("LoadImage", (0, 160), size=(300, 320), title="Cell (32 px, as the miniature draws it)",
                   api={"image": "cell.png"})
     g.nodes[image - 1]["widgets_values"].append("image")
-    borders = g.add("InstructIdentityOutpaintBorders", (340, 160), size=(320, 200),
-                    api={"threshold": 0.08, "margin": 2, "min_touch": 0.02, "pad_fraction": 0.25,
-                         "multiple": MINIATURE_REPAIR_MULTIPLE})
-    g.link(image, "IMAGE", borders, "image")
-    pad = g.add("ImagePadForOutpaint", (700, 160), size=(300, 180),
-                api={"left": 0, "top": 0, "right": 0, "bottom": 0, "feathering": 0})
-    g.link(image, "IMAGE", pad, "image")
-    for side in ("left", "top", "right", "bottom"):
-        g.link(borders, side, pad, side)
+    pad = add_border_pad(g, image, 340, 160)
     positive = g.add("CLIPTextEncode", (340, 400), size=(360, 120), title="The cell's prompt (description + pose)",
                      api={"text": "a red head, a striped blue torso, green legs, a yellow hat. "
                                   "the character standing, large, on the left"})
     g.link(loader, "CLIP", positive, "clip")
     negative = g.add("CLIPTextEncode", (340, 560), size=(360, 100), title="Negative (empty caption)", api={"text": ""})
     g.link(loader, "CLIP", negative, "clip")
-    encode = g.add("VAEEncode", (1040, 160), size=(240, 60), api={})
-    g.link(pad, "IMAGE", encode, "pixels")
-    g.link(loader, "VAE", encode, "vae")
-    masked = g.add("SetLatentNoiseMask", (1040, 260), size=(240, 60), api={})
-    g.link(encode, "LATENT", masked, "samples")
-    g.link(pad, "MASK", masked, "mask")
-    sampler = g.add("KSampler", (1320, 160), size=(320, 270),
-                    api={"seed": 0, "steps": 24, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0})
-    g.link(loader, "MODEL", sampler, "model")
-    g.link(positive, "CONDITIONING", sampler, "positive")
-    g.link(negative, "CONDITIONING", sampler, "negative")
-    g.link(masked, "LATENT", sampler, "latent_image")
-    decode = g.add("VAEDecode", (1320, 470), size=(240, 60), api={})
-    g.link(sampler, "LATENT", decode, "samples")
-    g.link(loader, "VAE", decode, "vae")
-    save = g.add("SaveImage", (1680, 160), size=(320, 320), api={"filename_prefix": "outpaint_repair_miniature/cell"})
+    decode = add_masked_sampling(g, loader, pad, positive, negative, 1060, 160)
+    save = g.add("SaveImage", (1720, 160), size=(320, 320), api={"filename_prefix": "outpaint_repair_miniature/cell"})
     g.link(decode, "IMAGE", save, "images")
     note = (
         "## Out-paint repair on the miniature FLUX (CPU, a second)\n\n"
@@ -438,33 +453,12 @@ def miniature_curation_graph() -> Graph:
                      api={"width": MINIATURE_CELL, "height": MINIATURE_CELL, "x": MINIATURE_CELL * i, "y": 0})
         g.link(decode, "IMAGE", crop, "image")
         cells[side] = crop
-    borders = g.add("InstructIdentityOutpaintBorders", (x0 + 700, y0), size=(320, 200),
-                    api={"threshold": 0.08, "margin": 2, "min_touch": 0.02, "pad_fraction": 0.25,
-                         "multiple": MINIATURE_REPAIR_MULTIPLE})
-    g.link(cells["right"], "IMAGE", borders, "image")
-    pad = g.add("ImagePadForOutpaint", (x0 + 1060, y0), size=(300, 180),
-                api={"left": 0, "top": 0, "right": 0, "bottom": 0, "feathering": 0})
-    g.link(cells["right"], "IMAGE", pad, "image")
-    for side in ("left", "top", "right", "bottom"):
-        g.link(borders, side, pad, side)
+    pad = add_border_pad(g, cells["right"], x0 + 700, y0)
     prompt = g.add("CLIPTextEncode", (x0 + 700, y0 + 260), size=(360, 120), title="Repair prompt (the identity prompt)",
                    api={"text": ""})
     g.link(batch, "base_prompt", prompt, "text")
     g.link(loader, "CLIP", prompt, "clip")
-    encode = g.add("VAEEncode", (x0 + 1060, y0 + 230), size=(240, 60), api={})
-    g.link(pad, "IMAGE", encode, "pixels")
-    g.link(loader, "VAE", encode, "vae")
-    masked = g.add("SetLatentNoiseMask", (x0 + 1060, y0 + 330), size=(240, 60), api={})
-    g.link(encode, "LATENT", masked, "samples")
-    g.link(pad, "MASK", masked, "mask")
-    sampler = g.add("KSampler", (x0 + 1400, y0), size=(320, 270), title="Repair: masked sampling with the base",
-                    api={"seed": 0, "steps": 24, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0})
-    for src, out_name, in_name in ((loader, "MODEL", "model"), (batch, "seed", "seed"), (prompt, "CONDITIONING", "positive"),
-                                   (negative, "CONDITIONING", "negative"), (masked, "LATENT", "latent_image")):
-        g.link(src, out_name, sampler, in_name)
-    repaired = g.add("VAEDecode", (x0 + 1400, y0 + 320), size=(240, 60), api={})
-    g.link(sampler, "LATENT", repaired, "samples")
-    g.link(loader, "VAE", repaired, "vae")
+    repaired = add_masked_sampling(g, loader, pad, prompt, negative, x0 + 1100, y0 + 230, seed=batch)
     zoomed = {}
     for i, (label, src) in enumerate((("reference (left cell)", cells["left"]), ("repaired right cell", repaired))):
         z = g.add("ImageScaleBy", (x0 + 1760, y0 + 130 * i), size=(300, 90), title=f"{label}, {MINIATURE_ZOOM}x",
