@@ -286,7 +286,7 @@ def repair_sheets(server, src: Path, out: Path, p: CurationProfile, seed: int) -
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    settings = border_settings()
+    settings, workflow = border_settings(), json.loads(REPAIR_TEMPLATE.read_text())
     inbox = server.base / "input" / "repair"
     inbox.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -304,7 +304,7 @@ def repair_sheets(server, src: Path, out: Path, p: CurationProfile, seed: int) -
                 atomic_write_bytes(inbox / name, png_bytes(cell), fsync=False)
                 prompt = repair_prompt(f"repair/{name}", region.prompt, seed + 131 * k + i, p,
                                        f"repair/{path.stem}_{i}")
-                saved = demo_run.saved_images(server.run(prompt, json.loads(REPAIR_TEMPLATE.read_text())), prompt)
+                saved = demo_run.saved_images(server.run(prompt, workflow), prompt)
                 padded = np.asarray(Image.open(server.output / saved[0]["subfolder"] / saved[0]["filename"]).convert("RGB"))
                 fixed = reframe(padded, cell.shape[0])
                 x, y, w, h = region.box
@@ -675,25 +675,35 @@ def identity_summary(done: list[dict], reference: str) -> dict:
     return {"runs": runs, "summary": summary}
 
 
+def heldout_singles(n: int, key: str) -> tuple[list, list]:
+    """``n`` (held-out character, pose) picks drawn with ``random.Random(key)`` and their renders as
+    evaluation items (reference = target: single pictures)."""
+    from instruct_identity.miniature import sprites
+
+    from . import data, evaluate
+
+    _, test = sprites.split_characters(100_000, 200, seed=0)
+    rng = random.Random(key)
+    picks = [(rng.choice(test), rng.choice(sprites.ALL_POSES)) for _ in range(n)]
+    items = []
+    for c, pose in picks:
+        img, masks = sprites.render(c, pose, SIZE)
+        items.append(evaluate.EvalItem(data.PairSpec(c, pose, pose), img, img, masks, masks))
+    return picks, items
+
+
 def base_text_to_image(work: Path, p: CurationProfile, seed: int) -> dict:
     """The base's own text-to-image on held-out characters (full captions, the sheets' CFG): part colour,
     silhouette and speckle of single pictures, the floor under every sheet. Cached."""
     from instruct_identity.core.files import atomic_write_text
     from instruct_identity.miniature import files as mfiles
-    from instruct_identity.miniature import sprites
 
     from . import data, evaluate
 
     path = work / "base-t2i.json"
     if path.is_file():
         return json.loads(path.read_text())
-    _, test = sprites.split_characters(100_000, 200, seed=0)
-    rng = random.Random(f"curation-t2i:{seed}")
-    picks = [(rng.choice(test), rng.choice(sprites.ALL_POSES)) for _ in range(p.eval_items)]
-    items = []
-    for c, pose in picks:
-        img, masks = sprites.render(c, pose, SIZE)
-        items.append(evaluate.EvalItem(data.PairSpec(c, pose, pose), img, img, masks, masks))
+    picks, items = heldout_singles(p.eval_items, f"curation-t2i:{seed}")
     base = mfiles.load_base(BASE_FILE)
     out = evaluate.sample_text_to_image(base.model, base.codec, base.text_encoder,
                                         [data.full_caption(c, pose) for c, pose in picks], size=SIZE,
@@ -718,7 +728,6 @@ def speckle_probe(work: Path, p: CurationProfile, seed: int) -> dict:
 
     from instruct_identity.core.files import atomic_write_text
     from instruct_identity.miniature import files as mfiles
-    from instruct_identity.miniature import sprites
     from instruct_identity.training.model import FluxForward
 
     from . import data, evaluate
@@ -726,14 +735,8 @@ def speckle_probe(work: Path, p: CurationProfile, seed: int) -> dict:
     path = work / "speckle-probe.json"
     if path.is_file():
         return json.loads(path.read_text())
-    _, test = sprites.split_characters(100_000, 200, seed=0)
-    rng = random.Random(f"curation-speckle:{seed}")
-    picks = [(rng.choice(test), rng.choice(sprites.ALL_POSES)) for _ in range(p.eval_items)]
-    items, pixels = [], []
-    for c, pose in picks:
-        img, masks = sprites.render(c, pose, SIZE)
-        pixels.append(img)
-        items.append(evaluate.EvalItem(data.PairSpec(c, pose, pose), img, img, masks, masks))
+    picks, items = heldout_singles(p.eval_items, f"curation-speckle:{seed}")
+    pixels = [it.target for it in items]
     captions = [data.full_caption(c, pose) for c, pose in picks]
     base = mfiles.load_base(BASE_FILE)
     keys = ("part_color_acc", "speckle", "speckle_se")
