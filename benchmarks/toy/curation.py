@@ -24,7 +24,10 @@ training pairs, through the user's path:
 5. **Identity LoRAs on curated data only** (the toy replication's job code and evaluation: held-out
    characters, distinct and near splits, seeds, paired differences), for Stage I + filter, Stage I
    unfiltered, Stage I + II + filter, and the ground-truth-pairs LoRA (pairs drawn by the renderer) as
-   the reference row, all at the profile's step budget.
+   the reference row, all at the profile's step budget; and the *matched* ground-truth control: the renderer's
+   drawing of the Stage I + filter pairs' own characters and poses (same size, clean and right), which tells
+   how much of the gap is the curated data's quantity and how much its quality; and *sized*: as many
+   renderer pairs as the curated set, with poses drawn per pair as the reference's (pose coverage vs count).
 
 Results: ``docs/curation-replication.json`` (``--out``), ``docs/curation-replication.md`` generated from
 it (``curation_report.py``), pictures under ``docs/images/toy/curation-*.png``.
@@ -121,12 +124,27 @@ def training_characters(n: int):
     return train[:n]
 
 
-def pose_pairs(n: int, seed: int) -> list[tuple]:
-    """``n`` pose pairs (two different poses), one per sheet of every character."""
+def pose_pairs(characters: int, n: int, seed: int) -> list[list[tuple]]:
+    """Per character, ``n`` pose pairs (two different poses each), one per sheet, drawn for that character:
+    the curated pairs then cover the poses as the ground-truth pairs do (every character the same few pose
+    pairs would leave the identity LoRA's data only those)."""
     from instruct_identity.miniature import sprites
 
-    rng = random.Random(f"curation-poses:{seed}")
-    return [tuple(rng.sample(sprites.ALL_POSES, 2)) for _ in range(n)]
+    out = []
+    for ci in range(characters):
+        rng = random.Random(f"curation-poses:{seed}:{ci}")
+        out.append([tuple(rng.sample(sprites.ALL_POSES, 2)) for _ in range(n)])
+    return out
+
+
+def sheet_groups(chars: list, pairs: list[list[tuple]]) -> list[tuple[int, tuple, list]]:
+    """The queue's prompts: (sheet index, pose pair, [(character index, character)]) for every set of
+    characters drawn with the same pose pair on the same sheet index (one batch-node list each)."""
+    groups: dict[tuple, list] = {}
+    for ci, (c, pps) in enumerate(zip(chars, pairs, strict=True)):
+        for j, poses in enumerate(pps):
+            groups.setdefault((j, poses), []).append((ci, c))
+    return [(j, poses, members) for (j, poses), members in groups.items()]
 
 
 def char_name(ci: int, sheet: int) -> str:
@@ -147,15 +165,16 @@ def whole_sheet_template(poses: tuple) -> str:
     return f"{head}. {{description}}. {rest}"
 
 
-def sheets_prompt(chars: list, poses: tuple, sheet: int, p: CurationProfile, seed: int, folder: str,
+def sheets_prompt(members: list, poses: tuple, sheet: int, p: CurationProfile, seed: int, folder: str,
                   lora: str | None = None) -> dict:
-    """The template's API graph for one pose pair: every character once (the batch node's list).
+    """The template's API graph for one pose pair: each of ``members`` ((index, character)) once (the batch
+    node's list).
     ``p.whole_caption``: the Regional Prompting node is taken out; the sampler gets the base model and one
     caption for the whole sheet (the layout still cuts the saved sheet into its cells)."""
     prompt = json.loads(SHEETS_PROMPT.read_text())
     by_type = {v["class_type"]: k for k, v in prompt.items()}
     batch = prompt[by_type["InstructIdentityCharacterSheetBatch"]]["inputs"]
-    batch["characters"] = "\n".join(f"{char_name(ci, sheet)}: {c.describe()}" for ci, c in enumerate(chars))
+    batch["characters"] = "\n".join(f"{char_name(ci, sheet)}: {c.describe()}" for ci, c in members)
     batch["poses"] = "\n".join(pose.caption() for pose in poses)
     batch["seed"] = int(seed) + 7919 * sheet
     batch["folder"] = folder
@@ -185,15 +204,22 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _stage_key(sheets: Path) -> str | None:
+    """The cache key of a folder of sheets (its ``done.json``): later stages made from it key on it."""
+    done = Path(sheets) / "done.json"
+    return json.loads(done.read_text()).get("key") if done.is_file() else None
+
+
 def _file_key(path: Path) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if Path(path).is_file() else None
 
 
-def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[tuple], p: CurationProfile, seed: int,
+def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[list[tuple]], p: CurationProfile, seed: int,
                 lora: str | None = None) -> dict:
-    """Queue one prompt per pose pair on ``server``; the sheets and their layouts land in ``out``. Cached."""
+    """Queue one prompt per (sheet, pose pair) group on ``server`` (``pairs``: per character, its sheets'
+    pose pairs); the sheets and their layouts land in ``out``. Cached."""
     done = out / "done.json"
-    key = _key({"chars": [c.describe() for c in chars], "pairs": [[q.caption() for q in pp] for pp in pairs],
+    key = _key({"chars": [c.describe() for c in chars], "pairs": [[[q.caption() for q in pp] for pp in pps] for pps in pairs],
                 "seed": seed, "lora": _file_key(server.loras / lora) if lora and server else lora,
                 **{k: getattr(p, k) for k in ("sheet_steps", "sheet_cfg", "regional", "base_template", "cell_template",
                                               "whole_caption")}})
@@ -207,9 +233,11 @@ def make_sheets(server, out: Path, stage: str, chars: list, pairs: list[tuple], 
         shutil.rmtree(target)  # a half-made stage: start it again
     template = json.loads(SHEETS_TEMPLATE.read_text())
     t0 = time.perf_counter()
-    for j, poses in enumerate(pairs):
-        server.run(sheets_prompt(chars, poses, j, p, seed, folder, lora), template)
-        log.info("%s: sheets for pose pair %d/%d", stage, j + 1, len(pairs))
+    groups = sheet_groups(chars, pairs)
+    for k, (j, poses, members) in enumerate(groups):
+        server.run(sheets_prompt(members, poses, j, p, seed, folder, lora), template)
+        if (k + 1) % 50 == 0 or k + 1 == len(groups):
+            log.info("%s: %d/%d prompts queued and done", stage, k + 1, len(groups))
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(target, out)
@@ -277,7 +305,7 @@ def repair_sheets(server, src: Path, out: Path, p: CurationProfile, seed: int) -
     from instruct_identity.miniature import demo_run
 
     done = out / "done.json"
-    key = _key({"sheets": json.loads((src / "done.json").read_text()).get("key"), "graph": _file_key(REPAIR_PROMPT),
+    key = _key({"sheets": _stage_key(src), "graph": _file_key(REPAIR_PROMPT),
                 "seed": seed, "steps": p.sheet_steps, "cfg": p.sheet_cfg})
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads(done.read_text())
@@ -464,7 +492,8 @@ def curate(sheets: Path, dataset: Path, config: dict, work: Path, seed: int) -> 
     from . import judge as J
 
     report_file = dataset.parent / f"{dataset.name}.report.json"
-    if report_file.is_file():
+    key = _key({"sheets": _stage_key(sheets), "config": config, "seed": seed})
+    if report_file.is_file() and json.loads(report_file.read_text()).get("key") == key:
         return json.loads(report_file.read_text())
     if dataset.exists():
         shutil.rmtree(dataset)
@@ -483,6 +512,7 @@ def curate(sheets: Path, dataset: Path, config: dict, work: Path, seed: int) -> 
             raise RuntimeError(f"ii-curate {' '.join(argv)} exited with {code}")
         report = json.loads(report_file.read_text())
         report["wall_s"] = time.perf_counter() - t0
+        report["key"] = key
         if server is not None:
             report["judge"] = {"requests": server.requests, "corrupted": server.corrupted, "by_task": server.by_task}
     finally:
@@ -538,6 +568,27 @@ def kept_sheets(truth: dict[str, dict], dataset: Path) -> list[str]:
     return sorted(n for n, k in counts.items() if k >= len(truth[n]["cells"]) * (len(truth[n]["cells"]) - 1))
 
 
+def matched_ground_truth(dataset: Path, sheets: Path, chars: list) -> list:
+    """The renderer's drawing of exactly what the curated ``dataset``'s pairs were asked to show: per pair, the
+    sheet's character in its reference and target cells' requested poses. Same size and poses as the curated
+    data, with clean pixels and every pair right: the control that splits the curated LoRA's gap to the
+    ground-truth-pairs LoRA into data quantity and data quality."""
+    from instruct_identity.curation.sheets import read_sheet_info
+
+    from . import data
+
+    out, captions = [], {}
+    for row in manifest_rows(dataset):
+        name = Path(row["sheet"]).name
+        if name not in captions:
+            captions[name] = read_sheet_info(sheets / name).layout.captions
+        ref, tgt = (pose_of(captions[name][c - 1]) for c in row["cells"])
+        if ref is None or tgt is None:
+            raise ValueError(f"{name}: a cell caption of pair {row['cells']} is not a miniature pose")
+        out.append(data.PairSpec(chars[parse_name(name)[0]], ref, tgt))
+    return out
+
+
 def merged_training_copy(datasets: list[Path], out: Path) -> Path:
     """The curated datasets' pairs at the miniature's own size (4x4 block means) in one manifest, lines as
     written by ii-curate (images are content-addressed, so merging never clashes)."""
@@ -582,7 +633,7 @@ def train_grid_lora(sheets: Path, names: list[str], chars: list, out: Path, p: C
     from instruct_identity.training.trainer import train
 
     done = out / "grid_lora.json"
-    key = _key({"names": names, "seed": seed, **{k: getattr(p, k) for k in ("grid_steps", "grid_rank", "grid_lr",
+    key = _key({"names": names, "sheets": _stage_key(sheets), "seed": seed, **{k: getattr(p, k) for k in ("grid_steps", "grid_rank", "grid_lr",
                                                                             "grid_preset", "batch")}})
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads(done.read_text())
@@ -778,9 +829,10 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     t_wall = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     chars = training_characters(p.characters)
-    pairs = pose_pairs(p.sheets_per_character, seed)
+    pairs = pose_pairs(len(chars), p.sheets_per_character, seed)
     results: dict = {"format": FORMAT, "profile": asdict(p), "seed": seed, "base": str(BASE_FILE.relative_to(REPO)),
-                     "characters": len(chars), "pose_pairs": [[q.caption() for q in pp] for pp in pairs],
+                     "characters": len(chars), "sheets_per_character": p.sheets_per_character,
+                     "distinct_pose_pairs": len({pp for pps in pairs for pp in pps}),
                      "stages": {}}
     template = json.loads(SHEETS_PROMPT.read_text())
     widgets = next(v["inputs"] for v in template.values() if v["class_type"] == "InstructIdentityRegionalPrompting")
@@ -798,7 +850,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
             server = ComfyServer(work / "comfy").start()
         repair = repair_sheets(server, stage1, repaired, p, seed)
         results["regional_sweep"] = {}
-        sweep_chars, sweep_pairs = chars[: p.sweep_characters], pairs[:2]
+        sweep_chars, sweep_pairs = chars[: p.sweep_characters], [pps[:2] for pps in pairs[: p.sweep_characters]]
         for i, (label, change) in enumerate(SWEEP.items()):
             folder = work / "sweep" / f"v{i}"
             if not (folder / "done.json").is_file() and server is None:
@@ -874,23 +926,38 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
         manifests[name] = merged_training_copy(folders, work / "train" / name)
     manifests["ground-truth-pairs"] = data.write_manifest(data.make_pairs(chars, p.gt_pairs, SIZE, seed),
                                                           work / "gt-pairs", SIZE)
+    matched = matched_ground_truth(work / "stage1" / f"dataset-{chosen}", stage1, chars)
+    if matched:  # the controls: the curated set's size with renderer pixels, its own poses / poses drawn per pair
+        manifests["ground-truth-matched"] = data.write_manifest(matched, work / "gt-matched", SIZE)
+        manifests["ground-truth-sized"] = data.write_manifest(data.make_pairs(chars, len(matched), SIZE, seed),
+                                                              work / "gt-sized", SIZE)
     results["identity_data"] = {k: len(Path(v).read_text().splitlines()) for k, v in manifests.items()}
     results["identity_skipped"] = skipped
     done = jobs.run_all(identity_jobs(p, work, manifests, seed, 1), workers)
     results["identity"] = identity_summary(done, "ground-truth-pairs")
     results["identity"]["budget"] = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr,
                                      "seeds": p.seeds}
-    results["pictures"] = pictures(work, truth1, truth2, stage1, stage2, done)
+    results["pictures"] = pictures(work, truth1, truth2, stage1, stage2, done,
+                                   kept_cells(work / "stage1" / f"dataset-{chosen}"),
+                                   kept_cells(work / "stage2" / f"dataset-{chosen}") if truth2 else None)
     results["pictures"]["repaired_cells"] = repaired_page(stage1, repaired, repair, work / "images" / "repaired_cells.png")
     results["wall_s"] = time.perf_counter() - t_wall
     return results
 
 
-def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path, done: list[dict]) -> dict:
-    """Pages of sheets with each cell marked consistent (green) or not (red), per stage."""
+def kept_cells(dataset: Path) -> set[tuple[str, int]]:
+    """(sheet name, cell) of every cell the curated ``dataset`` uses, as reference or target."""
+    return {(Path(row["sheet"]).name, c) for row in manifest_rows(dataset) for c in row["cells"]}
+
+
+def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path, done: list[dict],
+             kept1: set | None = None, kept2: set | None = None) -> dict:
+    """Pages of sheets, per stage: each cell framed by the filter's decision (green: in a kept pair, red:
+    dropped; grey without a filtered dataset) with a corner square for the ground truth (filled: the
+    character asked for, hollow: drifted)."""
     from PIL import Image, ImageDraw
 
-    def page(truth, folder, path, n=24, cols=4):
+    def page(truth, folder, path, kept, n=24, cols=4):
         names = sorted(truth)[:n]
         tiles = []
         for name in names:
@@ -898,8 +965,10 @@ def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path,
             d = ImageDraw.Draw(img)
             w = img.width // len(truth[name]["cells"])
             for i, c in enumerate(truth[name]["cells"]):
-                d.rectangle([i * w, 0, (i + 1) * w - 1, img.height - 1], outline=(0, 170, 0) if c["consistent"] else (220, 0, 0),
-                            width=3)
+                frame = (150, 150, 150) if kept is None else (0, 170, 0) if (name, i + 1) in kept else (220, 0, 0)
+                d.rectangle([i * w, 0, (i + 1) * w - 1, img.height - 1], outline=frame, width=3)
+                d.rectangle([i * w + 6, 6, i * w + 17, 17], outline=(0, 0, 0), width=2,
+                            fill=(0, 0, 0) if c["consistent"] else None)
             tiles.append(img)
         if not tiles:
             return None
@@ -912,8 +981,8 @@ def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path,
         canvas.save(path)
         return str(path)
 
-    out = {"stage1_sheets": page(truth1, stage1, work / "images" / "stage1_sheets.png"),
-           "stage2_sheets": page(truth2, stage2, work / "images" / "stage2_sheets.png") if truth2 else None}
+    out = {"stage1_sheets": page(truth1, stage1, work / "images" / "stage1_sheets.png", kept1),
+           "stage2_sheets": page(truth2, stage2, work / "images" / "stage2_sheets.png", kept2) if truth2 else None}
     for r in done:
         if r.get("grid") and r.get("seed") == min(x["seed"] for x in done):
             out[f"identity_{r['name']}"] = r["grid"]

@@ -150,7 +150,8 @@ def render(results: dict, out: Path) -> str:
         "Do not edit by hand.",
         "",
         f"A text-only base (`{results['base']}`) makes its own training data: {results['characters']} training characters "
-        f"given only as text, {len(results['pose_pairs'])} pose pairs each, one two-view sheet per pair through the "
+        f"given only as text, {results['sheets_per_character']} pose pairs each, drawn per character "
+        f"({results['distinct_pose_pairs']} distinct pairs in all), one two-view sheet per pair through the "
         "character-sheet batch workflow on a real ComfyUI server (regional prompting: "
         + ", ".join(f"{k} = {v}" for k, v in (results.get("regional_settings") or p["regional"]).items()) + "), then `ii-curate` with and without "
         "`--filter charis`. Every cell is checked against the character it was asked to draw: *consistent* = every "
@@ -183,10 +184,12 @@ def render(results: dict, out: Path) -> str:
         "is not the part's majority colour (`evaluate.speckle`, defined before any result was read).",
         "",
         _img(results, "stage1_sheets", out, "Stage I sheets"),
-        "Stage I sheets (4x): green frame = the cell shows the character asked for, red = it drifted.",
+        f"Stage I sheets (4x). Frame: the `{results.get('downstream_filter')}` filter's decision (green = the cell is in a "
+        "kept pair, red = dropped). Corner square: the ground truth (filled = the cell shows the character asked for, "
+        "hollow = it drifted).",
         "",
         _img(results, "stage2_sheets", out, "Stage II sheets"),
-        "Stage II sheets (same characters and poses, with the grid LoRA, one caption per sheet).",
+        "Stage II sheets (same characters and poses, with the grid LoRA, one caption per sheet), marked the same way.",
         "",
         "### Which Stage I settings mattered",
         "",
@@ -232,11 +235,47 @@ def render(results: dict, out: Path) -> str:
                 lines.append(f"| {name} | {results['identity_data'].get(name, '–')} | {split} | {_pm(row['part_color_acc'])} | "
                              f"{_pm(row['sil_iou'])} | {_pm(row['speckle'])} | {_pm(diff) if diff else '(reference)'} |")
         lines.append("")
+        lines += gap_reading(results)
         for key in sorted(k for k in results.get("pictures", {}) if k.startswith("identity_")):
             lines.append(_img(results, key, out, key))
             lines.append(f"{key[len('identity_'):]}: each triplet reference | ground truth | output.")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def seed_difference(runs: list[dict], a: str, b: str, split: str, metric: str = "part_color_acc") -> dict | None:
+    """Mean ± SE over seeds of run ``a`` minus run ``b`` (paired by seed) on one split."""
+    by = {}
+    for r in runs:
+        if r["split"] == split and r["name"] in (a, b):
+            by.setdefault(r["seed"], {})[r["name"]] = r["metrics"][metric]
+    d = [v[a] - v[b] for v in by.values() if a in v and b in v]
+    if not d:
+        return None
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else math.nan
+    return {"mean": mean, "se": se}
+
+
+def gap_reading(results: dict, curated: str = "stage1-filtered", matched: str = "ground-truth-matched",
+                sized: str = "ground-truth-sized", reference: str = "ground-truth-pairs") -> list[str]:
+    """The curated LoRA's gap to the ground-truth-pairs LoRA, split by the controls into pair count
+    (reference - sized: fewer renderer pairs), pose coverage (sized - matched: the curated pairs' own poses
+    instead of poses drawn per pair) and data quality (matched - curated: the same pairs drawn clean and right)."""
+    ident, sizes = results["identity"], results.get("identity_data", {})
+    if not all(n in ident["summary"] for n in (curated, matched, sized, reference)):
+        return []
+    lines = [f"**Where the gap comes from** (part colour, paired by seed). `{matched}`: the renderer's drawing of the "
+             f"{sizes.get(matched, '?')} pairs of `{curated}` (same characters and poses, clean pixels, every pair "
+             f"right); `{sized}`: as many renderer pairs with poses drawn per pair, as `{reference}`'s "
+             f"{sizes.get(reference, '?')}. The gap = *count* (`{reference}` − `{sized}`) + *pose coverage* "
+             f"(`{sized}` − `{matched}`) + *quality* (`{matched}` − `{curated}`).", "",
+             "| split | gap | count | pose coverage | quality |", "|---|---|---|---|---|"]
+    for split in ident["summary"][reference]:
+        d = [seed_difference(ident["runs"], x, y, split)
+             for x, y in ((reference, curated), (reference, sized), (sized, matched), (matched, curated))]
+        lines.append(f"| {split} | " + " | ".join(_pm(x) for x in d) + " |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,19 +44,33 @@ def test_cell_truth_tells_the_character_from_a_drifted_one_whatever_pose_was_dra
 def test_stage_two_graph_puts_the_grid_lora_between_the_loader_and_every_model_user(C):
     from instruct_identity.miniature import sprites
 
-    chars = sprites.all_characters()[:3]
+    members = list(zip((4, 7, 9), sprites.all_characters()[:3]))
     poses = (sprites.ALL_POSES[0], sprites.ALL_POSES[5])
     p = C.PROFILES["quick"]
-    plain = C.sheets_prompt(chars, poses, 1, p, 5, "f/stage1")
-    graph = C.sheets_prompt(chars, poses, 1, p, 5, "f/stage2", lora="grid.safetensors")
+    plain = C.sheets_prompt(members, poses, 1, p, 5, "f/stage1")
+    graph = C.sheets_prompt(members, poses, 1, p, 5, "f/stage2", lora="grid.safetensors")
     batch = next(v for v in graph.values() if v["class_type"] == "InstructIdentityCharacterSheetBatch")["inputs"]
-    assert batch["characters"].splitlines() == [f"{C.char_name(i, 1)}: {c.describe()}" for i, c in enumerate(chars)]
+    assert batch["characters"].splitlines() == [f"{C.char_name(i, 1)}: {c.describe()}" for i, c in members]
     assert batch["poses"].splitlines() == [q.caption() for q in poses] and batch["folder"] == "f/stage2"
     loader = next(k for k, v in graph.items() if v["class_type"] == "InstructIdentityDemoModel")
     users = [k for k, v in plain.items() if [loader, 0] in v["inputs"].values()]
     assert users and all(["lora", 0] in graph[k]["inputs"].values() for k in users)
     assert graph["lora"]["inputs"]["model"] == [loader, 0] and "lora" not in plain
     assert C.parse_name(C.char_name(12, 3) + "_00001_.png") == (12, 3)
+
+
+def test_pose_pairs_are_drawn_per_character_and_queued_once_per_sheet_and_pair(C):
+    chars = C.training_characters(30)
+    pairs = C.pose_pairs(len(chars), 3, seed=0)
+    assert len(pairs) == 30 and all(len(pps) == 3 and all(a != b for a, b in pps) for pps in pairs)
+    assert len({pp for pps in pairs for pp in pps}) > 20          # not the same few pairs for everyone
+    assert pairs == C.pose_pairs(len(chars), 3, seed=0) and pairs != C.pose_pairs(len(chars), 3, seed=1)
+    assert C.pose_pairs(31, 3, seed=0)[:30] == pairs               # a character's poses do not depend on the count
+    groups = C.sheet_groups(chars, pairs)
+    queued = sorted((ci, j, poses) for j, poses, members in groups for ci, _ in members)
+    assert queued == sorted((ci, j, pp) for ci, pps in enumerate(pairs) for j, pp in enumerate(pps))
+    assert len({(j, poses) for j, poses, _ in groups}) == len(groups)  # each (sheet, pose pair) is one prompt
+    assert all(chars[ci] is c for _, _, members in groups for ci, c in members)
 
 
 def test_whole_caption_graph_samples_one_sheet_caption_without_the_regional_node(C):
@@ -67,7 +81,7 @@ def test_whole_caption_graph_samples_one_sheet_caption_without_the_regional_node
     chars = sprites.all_characters()[40:42]
     poses = (sprites.ALL_POSES[2], sprites.ALL_POSES[9])
     p = replace(C.PROFILES["quick"], whole_caption=True)
-    graph = C.sheets_prompt(chars, poses, 0, p, 5, "f/stage2", lora="grid.safetensors")
+    graph = C.sheets_prompt(list(enumerate(chars)), poses, 0, p, 5, "f/stage2", lora="grid.safetensors")
     kinds = {v["class_type"] for v in graph.values()}
     assert "InstructIdentityRegionalPrompting" not in kinds and "InstructIdentityGridLayout" in kinds
     batch_id, batch = next((k, v["inputs"]) for k, v in graph.items() if v["class_type"] == "InstructIdentityCharacterSheetBatch")
@@ -96,7 +110,33 @@ def test_detector_counts_kept_and_dropped_pairs_against_the_ground_truth(C, tmp_
     assert d["candidates"] == 6 and d["kept"] == 2 and d["good_candidates"] == 4
     assert d["precision"] == 0.5 and d["recall"] == 0.25
     assert C.kept_sheets(truth, tmp_path) == []                        # no sheet kept whole (2 pairs each)
+    assert C.kept_cells(tmp_path) == {("a.png", 1), ("a.png", 2), ("b.png", 1), ("b.png", 2)}
     assert C.detector(truth, tmp_path / "nothing-kept", {**report, "dropped": []})["kept"] == 0
+
+
+def test_matched_ground_truth_redraws_each_kept_pair_as_asked_with_its_cells_order(C, tmp_path):
+    from instruct_identity.curation.sheets import SheetInfo, write_sidecar
+    from instruct_identity.miniature import sprites
+
+    chars = C.training_characters(4)
+    a, b, c = sprites.ALL_POSES[:3]
+
+    def sheet(name, poses):
+        regions = [{"x": 32 * i, "y": 0, "w": 32, "h": 32, "prompt": q.caption(), "caption": q.caption(), "cell": [0, i]}
+                   for i, q in enumerate(poses)]
+        info = SheetInfo.from_dict({"layout": {"version": 1, "width": 32 * len(poses), "height": 32,
+                                               "regions": regions}})
+        write_sidecar(tmp_path / "sheets" / name, info)
+
+    (tmp_path / "sheets").mkdir()
+    sheet("c0003s1_00001_.png", [a, b])
+    sheet("c0001s0_00001_.png", [c, a])
+    rows = [("c0003s1_00001_.png", [2, 1]), ("c0001s0_00001_.png", [1, 2]), ("c0003s1_00001_.png", [1, 2])]
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "pairs.jsonl").write_text("".join(json.dumps({"sheet": s, "cells": x}) + "\n" for s, x in rows))
+    got = C.matched_ground_truth(tmp_path / "ds", tmp_path / "sheets", chars)
+    assert [(g.char, g.ref_pose, g.tgt_pose) for g in got] == [(chars[3], b, a), (chars[1], c, a), (chars[3], a, b)]
+    assert C.matched_ground_truth(tmp_path / "empty", tmp_path / "sheets", chars) == []
 
 
 @pytest.mark.slow
@@ -113,7 +153,7 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
                    "--images", str(tmp_path / "images"), "--workers", "1"]) == 0
     results = json.loads(out.read_text())
     s1 = results["stages"]["stage1"]
-    n_sheets = results["characters"] * len(results["pose_pairs"])
+    n_sheets = results["characters"] * results["sheets_per_character"]
     assert s1["sheets"]["sheets"] == n_sheets == s1["consistency"]["sheets"]
     assert len(list((tmp_path / "work" / "stage1" / "sheets").glob("*.sheet.json"))) == n_sheets
     assert set(s1["curation"]) == {"unfiltered", "colour-only", "judge-0", "judge-0.4", "judge-0-no-colour",
@@ -125,6 +165,9 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
         if c["filter"] == "charis" and c["judge_error"] is not None:
             assert c["judge"]["requests"] > 0 and c["judge"]["by_task"].get("identity_judge", 0) > 0
     assert "ground-truth-pairs" in results["identity"]["summary"]
+    if "stage1-filtered" in results["identity_data"]:  # the matched control: the curated pairs, redrawn
+        n = results["identity_data"]["stage1-filtered"]
+        assert results["identity_data"]["ground-truth-matched"] == results["identity_data"]["ground-truth-sized"] == n
     trained = {r["name"] for r in results["identity"]["runs"]}
     assert trained | set(results["identity_skipped"]) >= {"stage1-unfiltered", "ground-truth-pairs", "stage1-filtered"}
     s2 = results["stages"]["stage2"]
@@ -250,3 +293,33 @@ def test_miniature_curation_template_runs_sheets_repair_and_filter_preview_in_co
         comp = item["composite"]
         assert comp["complete"] and comp["axes_used"] == ["identity", "color", "diversity"]   # no CLIP needed
         assert comp["passed"] == (not comp["failed"])
+
+
+def test_gap_reading_splits_the_gap_into_count_coverage_and_quality_paired_by_seed():
+    from instruct_identity.benchmarks.toy import curation_report as R
+
+    acc = {"ground-truth-pairs": [0.5, 0.6], "ground-truth-sized": [0.4, 0.4], "ground-truth-matched": [0.3, 0.2],
+           "stage1-filtered": [0.2, 0.2]}
+    runs = [{"name": n, "seed": s, "split": "distinct", "metrics": {"part_color_acc": v[s]}}
+            for n, v in acc.items() for s in (0, 1)]
+    results = {"identity": {"runs": runs, "summary": {n: {"distinct": {}} for n in acc}},
+               "identity_data": {"ground-truth-pairs": 2000, "ground-truth-matched": 82}}
+    row = next(line for line in R.gap_reading(results) if line.startswith("| distinct"))
+    gap, count, coverage, quality = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert gap == "0.350 ± 0.050" and count == "0.150 ± 0.050" and coverage == "0.150 ± 0.050"
+    assert quality == "0.050 ± 0.050"
+    del results["identity"]["summary"]["ground-truth-sized"]
+    assert R.gap_reading(results) == []
+
+
+def test_sheet_page_frames_the_filters_decision_and_marks_the_ground_truth(C, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "sheets").mkdir()
+    Image.new("RGB", (256, 128), (255, 255, 255)).save(tmp_path / "sheets" / "c0000s0_00001_.png")
+    truth = {"c0000s0_00001_.png": {"cells": [{"consistent": False}, {"consistent": True}]}}
+    pics = C.pictures(tmp_path, truth, {}, tmp_path / "sheets", tmp_path, [], kept1={("c0000s0_00001_.png", 1)})
+    page = np.asarray(Image.open(pics["stage1_sheets"]).convert("RGB")).astype(int)
+    assert tuple(page[64, 1]) == (0, 170, 0) and tuple(page[64, 129]) == (220, 0, 0)  # kept | dropped frames
+    assert tuple(page[11, 11]) == (255, 255, 255) and tuple(page[11, 139]) == (0, 0, 0)  # drifted | consistent
+    assert pics["stage2_sheets"] is None
