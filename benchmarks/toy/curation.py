@@ -958,7 +958,9 @@ def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path,
     from PIL import Image, ImageDraw
 
     def page(truth, folder, path, kept, n=24, cols=4):
-        names = sorted(truth)[:n]
+        # up to half the page from sheets with a kept cell (rare at a low yield), the rest in name order
+        used = sorted({name for name, _ in kept or ()} & set(truth))[: n // 2]
+        names = sorted(used + [name for name in sorted(truth) if name not in used][: n - len(used)])
         tiles = []
         for name in names:
             img = Image.open(folder / name).convert("RGB")
