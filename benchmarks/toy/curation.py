@@ -868,6 +868,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
                      s1["curation"][cfg["name"]]["precision"], s1["curation"][cfg["name"]]["recall"])
         results["stages"]["stage1"] = s1
         chosen = downstream_filter(s1["curation"])
+        filtered1, filtered2 = work / "stage1" / f"dataset-{chosen}", work / "stage2" / f"dataset-{chosen}"
         truth_r = sheets_truth(repaired, chars)
         s1r = {"repair": {k: v for k, v in repair.items() if k != "per_sheet"}, "consistency": consistency(truth_r),
                "repaired_cells": repair_effect(truth1, truth_r, repair, chars), "curation": {}}
@@ -878,7 +879,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
 
         # Stage II: grid LoRA on the sheets the chosen filter kept whole
         results["downstream_filter"] = chosen
-        keep = kept_sheets(truth1, work / "stage1" / f"dataset-{chosen}")
+        keep = kept_sheets(truth1, filtered1)
         stage2, grid, info2 = work / "stage2" / "sheets", None, None
         if keep:
             # the paper's Stage II: the grid LoRA makes whole sheets from one caption (no region-wise passes)
@@ -913,10 +914,10 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
         results["stages"]["stage2"] = s2
 
     # identity LoRAs on curated data only, and on ground-truth pairs (same characters, renderer-drawn)
-    sources = {"stage1-filtered": [work / "stage1" / f"dataset-{chosen}"],
+    sources = {"stage1-filtered": [filtered1],
                "stage1-unfiltered": [work / "stage1" / "dataset-unfiltered"],
                "stage1+repair-filtered": [work / "stage1-repaired" / f"dataset-{chosen}"],
-               "stage1+2-filtered": [work / "stage1" / f"dataset-{chosen}", work / "stage2" / f"dataset-{chosen}"]}
+               "stage1+2-filtered": [filtered1, filtered2]}
     manifests, skipped = {}, {}
     for name, folders in sources.items():
         rows = [(f, r) for f in folders for r in manifest_rows(f)]
@@ -926,7 +927,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
         manifests[name] = merged_training_copy(folders, work / "train" / name)
     manifests["ground-truth-pairs"] = data.write_manifest(data.make_pairs(chars, p.gt_pairs, SIZE, seed),
                                                           work / "gt-pairs", SIZE)
-    matched = matched_ground_truth(work / "stage1" / f"dataset-{chosen}", stage1, chars)
+    matched = matched_ground_truth(filtered1, stage1, chars)
     if matched:  # the controls: the curated set's size with renderer pixels, its own poses / poses drawn per pair
         manifests["ground-truth-matched"] = data.write_manifest(matched, work / "gt-matched", SIZE)
         manifests["ground-truth-sized"] = data.write_manifest(data.make_pairs(chars, len(matched), SIZE, seed),
@@ -938,8 +939,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     results["identity"]["budget"] = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr,
                                      "seeds": p.seeds}
     results["pictures"] = pictures(work, truth1, truth2, stage1, stage2, done,
-                                   kept_cells(work / "stage1" / f"dataset-{chosen}"),
-                                   kept_cells(work / "stage2" / f"dataset-{chosen}") if truth2 else None)
+                                   kept_cells(filtered1), kept_cells(filtered2) if truth2 else None)
     results["pictures"]["repaired_cells"] = repaired_page(stage1, repaired, repair, work / "images" / "repaired_cells.png")
     results["wall_s"] = time.perf_counter() - t_wall
     return results

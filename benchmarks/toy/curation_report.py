@@ -249,12 +249,12 @@ def seed_difference(runs: list[dict], a: str, b: str, split: str, metric: str = 
     for r in runs:
         if r["split"] == split and r["name"] in (a, b):
             by.setdefault(r["seed"], {})[r["name"]] = r["metrics"][metric]
-    d = [v[a] - v[b] for v in by.values() if a in v and b in v]
-    if not d:
+    both = [v for v in by.values() if a in v and b in v]
+    if not both:
         return None
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else math.nan
-    return {"mean": mean, "se": se}
+    from .curation import paired
+
+    return paired([v[a] for v in both], [v[b] for v in both])
 
 
 def gap_reading(results: dict, curated: str = "stage1-filtered", matched: str = "ground-truth-matched",
