@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 
 METRIC_LABELS = {"part_color_acc": "part colour acc ↑", "charis_color": "CHARIS colour ↑", "sil_iou": "silhouette IoU ↑",
-                 "copy_paste": "copy-paste ↓", "part_color_err": "part colour err ↓"}
+                 "copy_paste": "copy-paste ↓", "part_color_err": "part colour err ↓", "speckle": "speckle ↓"}
 HIGHER_BETTER = {"part_color_acc": True, "charis_color": True, "sil_iou": True, "copy_paste": False,
-                 "part_color_err": False}
+                 "part_color_err": False, "speckle": False}
 TARGET_BASE_COLOUR = 0.90
 SPLIT_LABELS = {"distinct": "distinct (target pose clearly different from the reference's)",
                 "near": "near (target differs in one of place / size / pose: copying is tempting)"}
@@ -145,38 +145,45 @@ def targets_table(results: dict) -> list[str]:
     names = {"base_part_color_acc": "base, text to image: part colour accuracy",
              "base_sil_iou": "base, text to image: silhouette IoU",
              "lora_part_color_acc": "{run} LoRA, held-out characters (distinct split): part colour accuracy",
-             "lora_sil_iou": "{run} LoRA, held-out characters (distinct split): silhouette IoU"}
+             "lora_sil_iou": "{run} LoRA, held-out characters (distinct split): silhouette IoU",
+             "base_speckle": "base, text to image: speckle rate",
+             "lora_speckle": "{run} LoRA, held-out characters (distinct split): speckle rate"}
     lines = ["| target | goal | measured (mean ± SE over seeds) | met |", "|---|---|---|---|"]
     for k, t in results["targets"].items():
         name = names.get(k, k).format(run=t.get("run", "B-masked"))
-        lines.append(f"| {name} | ≥ {t['target']:.2f} | {fmt(t['value'], t.get('se'))} | "
+        goal = "≤" if t.get("goal") == "at most" else "≥"
+        lines.append(f"| {name} | {goal} {t['target']:.2f} | {fmt(t['value'], t.get('se'))} | "
                      f"{'yes' if t['met'] else '**no**'} |")
     return lines
 
 
+TABLE_METRICS = ("part_color_acc", "charis_color", "sil_iou", "copy_paste", "speckle")
+
+
+def _cell(m: dict, k: str) -> str:
+    """``mean ± se`` of metric ``k`` in a flat metrics dict (``n/a`` where a run predates the metric)."""
+    return fmt(m.get(k), m.get(k + "_se"))
+
+
 def config_table(results: dict, split: str) -> list[str]:
-    head = "| configuration | preset | loss | seeds | " + " | ".join(METRIC_LABELS[m] for m in
-                                                                      ("part_color_acc", "charis_color", "sil_iou",
-                                                                       "copy_paste")) + " | held-out Eq. 2 ↓ |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| configuration | preset | loss | seeds | " + " | ".join(METRIC_LABELS[m] for m in TABLE_METRICS)
+            + " | held-out Eq. 2 ↓ |")
+    lines = [head, "|" + "---|" * (6 + len(TABLE_METRICS))]
     for name, z in results["zero_shot"].items():
         m = z["splits"].get(split)
         if m:
-            lines.append(f"| *{name}* | - | - | - | {fmt(m['part_color_acc'], m['part_color_acc_se'])} | "
-                         f"{fmt(m['charis_color'], m['charis_color_se'])} | {fmt(m['sil_iou'], m['sil_iou_se'])} | "
-                         f"{fmt(m['copy_paste'], m['copy_paste_se'])} | |")
+            lines.append(f"| *{name}* | - | - | - | " + " | ".join(_cell(m, k) for k in TABLE_METRICS) + " | |")
     for name, splits in results["summary"].items():
         row = splits.get(split)
         if row is None:
             continue
         run = next(r for r in results["runs"] if r["name"] == name)
-        cells = [fmt(row[m]["mean"], row[m]["se"]) for m in ("part_color_acc", "charis_color", "sil_iou", "copy_paste")]
+        cells = [fmt(row[m]["mean"], row[m]["se"]) if m in row else "n/a" for m in TABLE_METRICS]
         hl = row.get("heldout_loss")
         lines.append(f"| {name} | {run['preset']} | {run['loss']}{' ' + str(run['extra']) if run.get('extra') else ''} | "
                      f"{len(row['seeds'])} | " + " | ".join(cells) + f" | {fmt(hl['mean'], hl['se'], 4) if hl else ''} |")
     for oname, m in results["oracles"].get(split, {}).items():
-        lines.append(f"| *oracle: {oname}* | | | | {fmt(m['part_color_acc'])} | {fmt(m['charis_color'])} | "
-                     f"{fmt(m['sil_iou'])} | {fmt(m['copy_paste'])} | |")
+        lines.append(f"| *oracle: {oname}* | | | | " + " | ".join(fmt(m.get(k)) for k in TABLE_METRICS) + " | |")
     return lines
 
 
@@ -387,7 +394,10 @@ def render(results: dict, images_rel: str) -> str:
         f"at CFG {b['t2i_cfg']:g} part colour accuracy **{fmt(b['part_color_acc'], b['part_color_acc_se'])}**, "
         f"silhouette IoU **{fmt(b['sil_iou'], b['sil_iou_se'])}**; at CFG 1 "
         f"{fmt(b['cfg1']['part_color_acc'], b['cfg1']['part_color_acc_se'])} and "
-        f"{fmt(b['cfg1']['sil_iou'], b['cfg1']['sil_iou_se'])}.",
+        f"{fmt(b['cfg1']['sil_iou'], b['cfg1']['sil_iou_se'])}."
+        + (f" Speckle rate (share of pixels inside the true part masks drawn in another palette colour than the "
+           f"part's majority) {fmt(b['speckle'], b.get('speckle_se'))} at CFG {b['t2i_cfg']:g}, "
+           f"{fmt(b['cfg1'].get('speckle'), b['cfg1'].get('speckle_se'))} at CFG 1." if "speckle" in b else ""),
         "",
         f"![base]({images_rel}/base_text_to_image.png)",
         "",
@@ -432,8 +442,14 @@ def render(results: dict, images_rel: str) -> str:
         from .multi_report import section
 
         lines += section(results["multi"], images_rel)
+    if results.get("capacity"):
+        from .capacity import section as capacity_section
+
+        lines += capacity_section(results["capacity"])
     lines += ["## Deviations from the paper", "",
-              "* Scale: a 32 px procedural world and a ~4M-parameter FLUX-architecture model pre-trained here for "
+              "* Scale: a 32 px procedural world and a small FLUX-architecture model (hidden size "
+              f"{results['unet']['hidden_size']}, {results['unet']['depth']} double + "
+              f"{results['unet']['depth_single_blocks']} single blocks) pre-trained here for "
               "minutes (not FLUX.1-dev); small LoRAs for hundreds to a few thousand steps (paper: r = 512, 10,000 "
               "steps, lr 1e-4, "
               "220k curated pairs).",
