@@ -417,12 +417,12 @@ def render(results: dict, images_rel: str) -> str:
     if results.get("history"):
         lines += ["## What was tried for the base", "",
                   "Earlier bases, measured with the same text-to-image check (fewer samples), before the design above:",
-                  "", "| base | CFG | samples | part colour acc | silhouette IoU | caption probe, s = 0.95 (full / pose) |",
-                  "|---|---|---|---|---|---|"]
+                  "", "| base | CFG | samples | part colour acc | silhouette IoU | speckle | caption probe, s = 0.95 "
+                  "(full / pose) |", "|---|---|---|---|---|---|---|"]
         for h in results["history"]:
             probe = " / ".join(f"{v:.2f}" for v in h["probe_095"]) if h.get("probe_095") else ""
             lines.append(f"| {h['base'].replace('|', '/')} | {h['cfg']:g} | {h['samples']} | {fmt(h['part_color_acc'])} "
-                         f"| {fmt(h['sil_iou'])} | {probe} |")
+                         f"| {fmt(h['sil_iou'])} | {fmt(h.get('speckle'))} | {probe} |")
         lines.append("")
         lines += base_lessons(b, results["history"])
     if results.get("lora_history"):

@@ -97,6 +97,11 @@ HISTORY = [
     {"base": "this design's stages 1 and 2 only (word encoder [word + phrase mean + position], 2000 + 1000 steps), "
              "held-out, as published on 2026-11-29 (key 993ae78a61706f41)", "steps": 3000, "cfg": 4.0, "samples": 64,
      "part_color_acc": 0.893, "sil_iou": 0.951},
+    # docs/toy-replication.json at a2fc25c (base); speckle from docs/curation-replication.json's base_text_to_image
+    # (32 other held-out singles, CFG 4), the measure that asked for a larger base
+    {"base": "this design on a 4.0M-parameter model (hidden 192, 3 heads, 2 double + 2 single blocks; 2000 + 1000 + "
+             "800 steps), held-out, as published until 2026-12-06 (key 029b2fb5bd960c79)", "steps": 3800, "cfg": 4.0,
+     "samples": 64, "part_color_acc": 0.928, "sil_iou": 0.968, "speckle": 0.144},
 ]
 
 # Earlier identity LoRAs (preset B, masked, rank 16, batch 16, constant lr), distinct split; copied from their
