@@ -100,7 +100,8 @@ HISTORY = [
     # docs/toy-replication.json at a2fc25c (base); speckle from docs/curation-replication.json's base_text_to_image
     # (32 other held-out singles, CFG 4), the measure that asked for a larger base
     {"base": "this design on a 4.0M-parameter model (hidden 192, 3 heads, 2 double + 2 single blocks; 2000 + 1000 + "
-             "800 steps), held-out, as published until 2026-12-06 (key 029b2fb5bd960c79)", "steps": 3800, "cfg": 4.0,
+             "800 steps), held-out, as published until 2026-12-06 (key 029b2fb5bd960c79); speckle on 32 other held-out "
+             "singles (docs/curation-replication.json)", "steps": 3800, "cfg": 4.0,
      "samples": 64, "part_color_acc": 0.928, "sil_iou": 0.968, "speckle": 0.144},
 ]
 
