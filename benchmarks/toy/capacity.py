@@ -51,7 +51,7 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 
 def setup(unet_kw: dict, steps: int):
-    """(pre-training config, model config, result key) of one probe: the full profile's first stage at
+    """(pre-training config, model config, training characters, result key) of one probe: the full profile's first stage at
     ``steps``; the key covers everything the result depends on."""
     from instruct_identity.miniature import components, sprites
 
@@ -63,23 +63,22 @@ def setup(unet_kw: dict, steps: int):
     train_chars, _ = sprites.split_characters(100_000, 200, seed=0)
     pkey = pretrain.cache_key(unet, cfg, components.WordEncoder().identity, train_chars)
     key = hashlib.sha256(json.dumps({"format": FORMAT, "pretrain": pkey, "eval": [EVAL_ITEMS, CFGS]}).encode()).hexdigest()
-    return cfg, unet, key[:16]
+    return cfg, unet, train_chars, key[:16]
 
 
 def probe(unet_kw: dict, steps: int, work: Path, threads: int) -> dict:
     """Pre-train one configuration for ``steps`` and score its text to image; cached."""
     import torch
     from instruct_identity.core.files import atomic_write_text
-    from instruct_identity.miniature import components, sprites
+    from instruct_identity.miniature import components
 
     from . import curation, data, evaluate, pretrain
 
-    cfg, unet, key = setup(unet_kw, steps)
-    codec, te = components.PixelCodec(), components.WordEncoder()
-    train_chars, _ = sprites.split_characters(100_000, 200, seed=0)
+    cfg, unet, train_chars, key = setup(unet_kw, steps)
     path = work / f"capacity-{key}.json"
     if path.is_file():
         return {**json.loads(path.read_text()), "cached": True}
+    codec, te = components.PixelCodec(), components.WordEncoder()
     torch.set_num_threads(threads)
     log.info("capacity: %s, %d steps", unet_kw, steps)
     t = time.perf_counter()
@@ -141,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = [{"name": name, **probe(kw, args.steps, args.work, args.threads)} for name, kw in configs]
     everything = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    command = ".venv/bin/python -m benchmarks.toy.capacity" + ("" if argv is None and sys.argv[1:] == [] else
-                                                               " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = " ".join([".venv/bin/python -m benchmarks.toy.capacity", *(sys.argv[1:] if argv is None else argv)])
     everything["capacity"] = {"format": FORMAT, "generated_by": command, "eval_items": EVAL_ITEMS, "cfgs": list(CFGS),
                               "configs": rows}
     write_json(args.json, everything)

@@ -25,11 +25,11 @@ def test_bad_configurations_are_named_with_what_to_write(capacity, text, why):
 
 
 def test_the_key_moves_with_the_model_and_the_steps(capacity):
-    _, unet, key = capacity.setup({"hidden": 64, "heads": 2, "double": 1, "single": 1}, 3)
+    _, unet, _, key = capacity.setup({"hidden": 64, "heads": 2, "double": 1, "single": 1}, 3)
     assert unet["hidden_size"] == 64 and unet["depth"] == 1
-    assert capacity.setup({"hidden": 64, "heads": 2, "double": 1, "single": 1}, 3)[2] == key
-    assert capacity.setup({"hidden": 64, "heads": 2, "double": 1, "single": 1}, 4)[2] != key
-    assert capacity.setup({"hidden": 64, "heads": 2, "double": 2, "single": 1}, 3)[2] != key
+    assert capacity.setup({"hidden": 64, "heads": 2, "double": 1, "single": 1}, 3)[3] == key
+    assert capacity.setup({"hidden": 64, "heads": 2, "double": 1, "single": 1}, 4)[3] != key
+    assert capacity.setup({"hidden": 64, "heads": 2, "double": 2, "single": 1}, 3)[3] != key
 
 
 def test_a_tiny_probe_runs_caches_and_keeps_the_other_entries(capacity, tmp_path):
