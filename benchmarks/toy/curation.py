@@ -96,11 +96,13 @@ GRID_STEPS = 200  # the full profile's grid LoRA budget (see the report: more ov
 
 # Stage I settings compared on a subset (the shipped miniature template's against the FLUX template's)
 SWEEP = {
-    "shipped: description + pose per cell, blocked, whole schedule, base ratio 0": {},
-    "as blocked, base ratio 0.2": {"regional": {"base_ratio": 0.2}},
-    "description + pose per cell, global, whole schedule": {"regional": {"image_attention": "global", "base_ratio": 0.2}},
-    "FLUX template's settings: pose per cell, global, first 30 % of steps": {
-        "cell_template": "{pose}", "regional": {"image_attention": "global", "end": 0.3, "base_ratio": 0.2}},
+    "shipped: description + pose per cell, blocked, cell positions, base ratio 0.2": {},
+    "as shipped, base ratio 0": {"regional": {"base_ratio": 0.0}},
+    "as shipped, sheet positions, base ratio 0 (shipped until 2026-12-07)": {"regional": {"positions": "sheet", "base_ratio": 0.0}},
+    "description + pose per cell, global, cell positions": {"regional": {"image_attention": "global"}},
+    "description + pose per cell, global, sheet positions": {"regional": {"image_attention": "global", "positions": "sheet"}},
+    "FLUX template's settings: pose per cell, global, sheet positions, first 30 % of steps": {
+        "cell_template": "{pose}", "regional": {"image_attention": "global", "positions": "sheet", "end": 0.3}},
     "no regional prompting: one caption with the description and both views' poses": {"whole_caption": True},
 }
 
@@ -446,7 +448,11 @@ def consistency(truth: dict[str, dict]) -> dict:
             "part_colour_acc": float(np.mean([c["parts_right"] / c["parts"] for c in cells])) if cells else math.nan,
             "cells_on_prompt": _share(c["on_prompt"] for c in cells),
             "sil_iou": float(np.mean([c["sil_iou"] for c in cells])) if cells else math.nan,
-            "speckle": float(np.nanmean([c["speckle"] for c in cells])) if cells else math.nan}
+            "speckle": float(np.nanmean([c["speckle"] for c in cells])) if cells else math.nan,
+            # per cell of the sheet, left to right: a model that draws one side worse shows here
+            "by_cell": [{"cells_consistent": _share(t["cells"][i]["consistent"] for t in truth.values() if len(t["cells"]) > i),
+                         "cells_on_prompt": _share(t["cells"][i]["on_prompt"] for t in truth.values() if len(t["cells"]) > i)}
+                        for i in range(max((len(t["cells"]) for t in truth.values()), default=0))]}
 
 
 def _share(values) -> float:

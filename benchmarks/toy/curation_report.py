@@ -13,6 +13,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+
+def _sides(r: dict, key: str) -> str:
+    """Per-cell shares, left / right (results without them: n/a)."""
+    cells = r.get("by_cell") or []
+    return " / ".join(_f(c.get(key)) for c in cells) if cells else "n/a"
+
 def _f(x, nd: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -195,12 +201,15 @@ def render(results: dict, out: Path) -> str:
         "",
         f"The same first {p['sweep_characters']} characters and first 2 pose pairs, one change at a time:",
         "",
-        "| settings | cells consistent | sheets with every cell consistent | cells on prompt | speckle |",
-        "|---|---|---|---|---|",
+        "| settings | cells consistent | sheets with every cell consistent | cells on prompt | speckle "
+        "| consistent, left / right cell | on prompt, left / right cell |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {label} | {_f(r['cells_consistent'])} | {_f(r['sheets_consistent'])} | {_f(r.get('cells_on_prompt'))} | "
-          f"{_f(r['speckle'])} |" for label, r in (results.get("regional_sweep") or {}).items()],
+          f"{_f(r['speckle'])} | {_sides(r, 'cells_consistent')} | {_sides(r, 'cells_on_prompt')} |"
+          for label, r in (results.get("regional_sweep") or {}).items()],
         *([(lambda r: f"| Stage II: the grid LoRA, one caption naming both poses | {_f(r['cells_consistent'])} | "
-                      f"{_f(r['sheets_consistent'])} | {_f(r.get('cells_on_prompt'))} | {_f(r['speckle'])} |")(
+                      f"{_f(r['sheets_consistent'])} | {_f(r.get('cells_on_prompt'))} | {_f(r['speckle'])} | "
+                      f"{_sides(r, 'cells_consistent')} | {_sides(r, 'cells_on_prompt')} |")(
             s2["consistency_sweep_subset"])] if c2 and s2.get("consistency_sweep_subset", {}).get("cells") else []),
         "",
         *repair_section(results, out),

@@ -97,6 +97,32 @@ def regional_mask(layout: RegionLayout, text: TextLayout, rows: int, cols: int, 
     return joint_attention_mask(layout.labels(rows, cols), text, image_attention, extra_tokens, device)
 
 
+POSITION_MODES = ("sheet", "cell")
+
+
+def cell_local_ids(img_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[B, N, C]`` (FLUX: ``(t, y, x)``) of an image token grid with each region's tokens
+    moved so that the region starts where the whole grid starts, as if it were a picture of its own;
+    background tokens (label ``-1``) and tokens after the grid (``N > labels.numel()``: reference
+    latents) keep theirs. ``labels``: region index per grid token, row-major like the ids.
+
+    With ``blocked`` image attention every cell is then exactly the model's text-to-image of a picture
+    the cell's size: a cell on the right of a sheet is drawn like one on the left."""
+    labels = labels.flatten().to(img_ids.device)
+    n = labels.numel()
+    if img_ids.ndim != 3 or img_ids.shape[1] < n or img_ids.shape[2] < 3:
+        raise InputError("layout", f"the model's image positions {tuple(img_ids.shape)} do not cover the layout's {n} tokens.")
+    out = img_ids.clone()
+    grid = out[:, :n, 1:3]
+    origin = grid.amin(dim=1, keepdim=True)                              # [B, 1, 2]
+    for r in labels.unique().tolist():
+        if r < 0:
+            continue
+        sel = labels == r
+        grid[:, sel] = grid[:, sel] - grid[:, sel].amin(dim=1, keepdim=True) + origin
+    return out
+
+
 def blocked_value(dtype: torch.dtype) -> float:
     """A large negative bias that blocks attention in ``dtype`` without overflowing to -inf when
     logits are added (so fully blocked key chunks never produce NaN in chunked kernels)."""

@@ -314,3 +314,56 @@ def test_sampling_far_larger_than_the_layout_is_refused_by_name(monkeypatch):
     with pytest.raises(InputError, match="II_MAX_REGIONAL_TOKENS") as e:
         _sample(m, c, latent=(16, 32))               # 4x the image tokens
     assert e.value.input_name == "latent"
+
+
+def _sample_noise(model, cond, noise, steps=2):
+    import comfy.sample
+
+    lat = torch.zeros_like(noise)
+    return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", cond, cond, lat, disable_pbar=True, seed=0)
+
+
+def _swapped_sheets(positions):
+    """Sheet [a | b] and the sheet with the cells' prompts and noise swapped, blocked attention."""
+    from instruct_identity.engine import regional as P
+
+    base = _model()
+    ra, rb = _embeds()
+    noise = torch.randn(1, 16, 8, 16, generator=torch.Generator().manual_seed(3))
+    swapped_noise = torch.cat([noise[..., B], noise[..., A]], dim=-1)
+    outs = []
+    for embeds, n in (([ra, rb], noise), ([rb, ra], swapped_noise)):
+        cond, texts = P.regional_conditioning(_base(), embeds, LAYOUT, "blocked")
+        m = P.patch_model(base, LAYOUT, texts, "blocked", P.RegionalOptions(base_ratio=0.0, end=1.0, positions=positions))
+        outs.append(_sample_noise(m, cond, n))
+    return outs
+
+
+def test_cell_positions_draw_a_right_cell_like_a_left_cell():
+    """positions='cell' with blocked attention: each cell is a picture of its own, so swapping the two
+    cells' prompts and noise swaps the drawn cells exactly; with the sheet's positions it does not."""
+    out, swapped = _swapped_sheets("cell")
+    scale = out.abs().max()
+    assert (swapped[..., A] - out[..., B]).abs().max() < 1e-5 * scale
+    assert (swapped[..., B] - out[..., A]).abs().max() < 1e-5 * scale
+    out, swapped = _swapped_sheets("sheet")
+    assert (swapped[..., A] - out[..., B]).abs().max() > 1e-2 * scale
+
+
+def test_cell_positions_patch_is_replaced_not_stacked_and_foreign_ones_stay():
+    from instruct_identity.engine import regional as P
+
+    def foreign(inputs):
+        return inputs
+
+    m = _model()
+    m.set_model_patch(foreign, "post_input")
+    _, texts = P.regional_conditioning(_base(), list(_embeds()), LAYOUT, "blocked")
+    for _ in range(2):
+        m = P.patch_model(m, LAYOUT, texts, "blocked", P.RegionalOptions(positions="cell"))
+    got = m.model_options["transformer_options"]["patches"]["post_input"]
+    assert got[0] is foreign and len(got) == 2
+    m = P.patch_model(m, LAYOUT, texts, "blocked", P.RegionalOptions(positions="sheet"))
+    assert m.model_options["transformer_options"]["patches"]["post_input"] == [foreign]
+    with pytest.raises(Exception, match="positions"):
+        P.RegionalOptions(positions="grid").validate()

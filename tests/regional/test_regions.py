@@ -176,3 +176,20 @@ def test_preview_colours_each_region():
     img = R.preview(lay)
     assert img.shape == (1, 32, 64, 3)
     assert not torch.equal(img[0, 0, 0], img[0, 0, 63])
+
+
+def test_cell_local_ids_move_each_region_to_the_grid_origin():
+    # 2 x 4 token grid: region 0 the left two columns, region 1 the right two, the last column of row 1 background
+    labels = torch.tensor([[0, 0, 1, 1], [0, 0, 1, -1]])
+    yy, xx = torch.meshgrid(torch.arange(2.0), torch.arange(4.0), indexing="ij")
+    grid = torch.stack([torch.zeros(2, 4), yy + 5, xx + 7], -1).reshape(1, 8, 3)   # an offset canvas (rope shift)
+    extra = torch.tensor([[[1.0, 9.0, 9.0]]])                                       # a reference latent token
+    ids = torch.cat([grid, extra], 1).expand(2, -1, -1)
+    out = R.cell_local_ids(ids, labels)
+    want_x = torch.tensor([7, 8, 7, 8, 7, 8, 7, 10.0])       # region 1 starts at column 7; background keeps 10
+    assert torch.equal(out[0, :8, 2], want_x) and torch.equal(out[1, :8, 2], want_x)
+    assert torch.equal(out[0, :8, 1], grid[0, :, 1])           # one row of cells: rows unchanged
+    assert torch.equal(out[:, 8:], ids[:, 8:]) and torch.equal(out[:, :8, 0], ids[:, :8, 0])
+    assert torch.equal(ids[0, :8], grid[0])                    # the input is not changed
+    with pytest.raises(InputError, match="layout"):
+        R.cell_local_ids(ids[:, :5], labels)
