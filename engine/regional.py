@@ -289,10 +289,10 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     patch = int(getattr(executor.class_obj, "patch_size", 2))
     rows, cols = math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
+    fraction = step_fraction(to.get("sigmas"), to.get("sample_sigmas"))
     if mask is None:
         # a call without the regional conditioning (the negative prompt): with positions="cell" it gets the
         # same positions as the regional call, so classifier-free guidance compares like with like
-        fraction = step_fraction(to.get("sigmas"), to.get("sample_sigmas"))
         if holder.options.positions == "cell" and holder.options.in_window(holder.options.start if fraction is None else fraction):
             return _with_cell_ids(holder, CallState(holder, None, rows, cols), executor, bound.args, bound.kwargs)
         return executor(*args, **kwargs)
@@ -305,7 +305,6 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         raise InputError("latent", f"regional prompting here needs {text.total + rows * cols} tokens, over the limit of "
                          f"{limits.MAX_REGIONAL_TOKENS}.", "Sample at the layout's size and upscale afterwards (or raise "
                          "II_MAX_REGIONAL_TOKENS, docs/limits.md).")
-    fraction = step_fraction(to.get("sigmas"), to.get("sample_sigmas"))
     if fraction is None:
         holder.warn_once("window", "Instruct Identity regional: the sampler gave no schedule, so the injection window "
                          "cannot be placed; regional masks are used at every step.")
