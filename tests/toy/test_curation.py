@@ -170,6 +170,15 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
         assert results["identity_data"]["ground-truth-matched"] == results["identity_data"]["ground-truth-sized"] == n
     trained = {r["name"] for r in results["identity"]["runs"]}
     assert trained | set(results["identity_skipped"]) >= {"stage1-unfiltered", "ground-truth-pairs", "stage1-filtered"}
+    long_steps = C.PROFILES["quick"].long_steps
+    assert f"ground-truth-pairs-{long_steps}" in trained
+    assert {r["steps"] for r in results["identity"]["runs"] if r["name"].endswith(f"-{long_steps}")} == {long_steps}
+    if f"stage1-filtered-{long_steps}" in trained:  # paired against the reference at its own budget
+        row = results["identity"]["summary"][f"stage1-filtered-{long_steps}"]["distinct"]
+        assert row["reference"] == f"ground-truth-pairs-{long_steps}"
+    assert {"base_speckle", "pipeline_wall"} <= set(results["targets"])
+    wall = results["pipeline_wall"]
+    assert wall["total_s"] > 0 and wall["stage1_sheets"] > 0 and wall["identity_loras"] > 0
     s2 = results["stages"]["stage2"]
     assert "skipped" in s2 or s2["sheets"]["sheets"] == n_sheets
     if "skipped" not in s2:
@@ -184,7 +193,7 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
     assert results["speckle_probe"]["samplers"] and len(results["speckle_probe"]["one_step_x0"]) == len(C.SPECKLE_SIGMAS)
     md = out.with_suffix(".md").read_text()
     assert "## The filter as a detector of good pairs" in md and "simulated" in md
-    assert "## Out-paint repair" in md and "## Where the speckle comes from" in md
+    assert "## Out-paint repair" in md and "## Where the speckle comes from" in md and "## Targets (issue 20)" in md
     assert (tmp_path / "images" / "curation-stage1-sheets.png").is_file()
 
 
@@ -293,6 +302,35 @@ def test_miniature_curation_template_runs_sheets_repair_and_filter_preview_in_co
         comp = item["composite"]
         assert comp["complete"] and comp["axes_used"] == ["identity", "color", "diversity"]   # no CLIP needed
         assert comp["passed"] == (not comp["failed"])
+
+
+def test_targets_judge_the_best_curated_lora_at_each_budget_against_its_own_reference(C):
+    p = C.PROFILES["full"]
+    L = p.long_steps
+    acc = {"ground-truth-pairs": [0.50, 0.60], "stage1-filtered": [0.40, 0.50], "stage1-unfiltered": [0.42, 0.40],
+           f"ground-truth-pairs-{L}": [0.90, 0.90], f"stage1-filtered-{L}": [0.88, 0.86]}
+    runs = [{"name": n, "seed": s, "split": "distinct", "steps": C.budget_of(n, p),
+             "metrics": {"part_color_acc": v[s], "sil_iou": 1.0, "speckle": 0.1 if "filtered" in n else 0.04},
+             "train_wall_s": 100.0, "eval_wall_s": 10.0} for n, v in acc.items() for s in (0, 1)]
+    done = [{"name": r["name"], "seed": r["seed"], "splits": {"distinct": r["metrics"]}, "wall_s": 100.0,
+             "eval_wall_s": 10.0} for r in runs]
+    summary = C.identity_summary(done, lambda name: C.reference_of(name, p))
+    assert summary["summary"][f"stage1-filtered-{L}"]["distinct"]["reference"] == f"ground-truth-pairs-{L}"
+    assert summary["summary"]["stage1-filtered"]["distinct"]["reference"] == "ground-truth-pairs"
+    results = {"identity": summary, "base_text_to_image": {"speckle": 0.2},
+               "stages": {"stage1": {"sheets": {"wall_s": 50.0}, "curation": {"a": {"curate_wall_s": 5.0}}}}}
+    results["pipeline_wall"] = C.pipeline_wall(results, p, workers=2)
+    assert results["pipeline_wall"]["identity_loras"] == 6 * 110.0 / 2    # the long runs are counted apart
+    assert results["pipeline_wall"]["long_budget_loras_s"] == 4 * 110.0 / 2
+    assert results["pipeline_wall"]["total_s"] == 50.0 + 5.0 + 330.0
+    t = C.targets(results, p)
+    short, long_ = t[f"curated_within_ground_truth_{p.identity_steps}"], t[f"curated_within_ground_truth_{L}"]
+    assert short["run"] == "stage1-filtered" and abs(short["value"]["distinct"] - 0.10) < 1e-9 and not short["met"]
+    assert long_["run"] == f"stage1-filtered-{L}" and abs(long_["value"]["distinct"] - 0.03) < 1e-9 and long_["met"]
+    # stage1-filtered vs unfiltered: -0.02 and +0.10, mean +0.04 > 0
+    assert t["filtered_above_unfiltered"]["met"]
+    assert t["lora_speckle"]["run"] == f"stage1-filtered-{L}" and not t["lora_speckle"]["met"]
+    assert not t["base_speckle"]["met"] and t["pipeline_wall"]["met"]
 
 
 def test_gap_reading_splits_the_gap_into_count_coverage_and_quality_paired_by_seed():
