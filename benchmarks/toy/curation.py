@@ -829,7 +829,10 @@ def pipeline_wall(results: dict, p: CurationProfile, workers: int) -> dict:
              "stage2_sheets": st.get("stage2", {}).get("sheets", {}).get("wall_s")}
     parts["curation"] = sum(c.get("curate_wall_s") or 0.0 for s in st.values() for c in s.get("curation", {}).values())
     runs = [r for r in results.get("identity", {}).get("runs", []) if r["split"] == "distinct"]  # one row per job
-    job = lambda r: (r.get("train_wall_s") or 0.0) + (r.get("eval_wall_s") or 0.0)  # noqa: E731
+
+    def job(r: dict) -> float:
+        return (r.get("train_wall_s") or 0.0) + (r.get("eval_wall_s") or 0.0)
+
     long_ = [r for r in runs if budget_of(r["name"], p) != p.identity_steps]
     parts["identity_loras"] = sum(job(r) for r in runs if r not in long_) / max(1, workers)
     out = {k: v for k, v in parts.items() if v is not None}
@@ -1058,7 +1061,7 @@ def run(p: CurationProfile, work: Path, seed: int, workers: int) -> dict:
     results["identity"]["budget"] = {"steps": p.identity_steps, "batch": p.batch, "rank": p.rank, "lr": p.lr,
                                      "seeds": p.seeds, "long_steps": p.long_steps, "long_runs": list(LONG_RUNS)}
     results["pictures"] = pictures(work, truth1, truth2, stage1, stage2, done,
-                                   kept_cells(filtered1), kept_cells(filtered2) if truth2 else None)
+                                   kept_cells(filtered1), kept_cells(filtered2) if truth2 else None, p.long_steps)
     results["pictures"]["repaired_cells"] = repaired_page(stage1, repaired, repair, work / "images" / "repaired_cells.png")
     results["wall_s"] = time.perf_counter() - t_wall  # this invocation's (most stages may come from the cache)
     results["pipeline_wall"] = pipeline_wall(results, p, workers)
@@ -1072,10 +1075,11 @@ def kept_cells(dataset: Path) -> set[tuple[str, int]]:
 
 
 def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path, done: list[dict],
-             kept1: set | None = None, kept2: set | None = None) -> dict:
+             kept1: set | None = None, kept2: set | None = None, long_steps: int = 0) -> dict:
     """Pages of sheets, per stage: each cell framed by the filter's decision (green: in a kept pair, red:
     dropped; grey without a filtered dataset) with a corner square for the ground truth (filled: the
-    character asked for, hollow: drifted)."""
+    character asked for, hollow: drifted); every identity LoRA's first-seed grid, and ``beside``: the curated-data
+    LoRA's grid above the ground-truth-pairs LoRA's (same items; at ``long_steps`` where set)."""
     from PIL import Image, ImageDraw
 
     def page(truth, folder, path, kept, n=24, cols=4):
@@ -1106,10 +1110,28 @@ def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path,
 
     out = {"stage1_sheets": page(truth1, stage1, work / "images" / "stage1_sheets.png", kept1),
            "stage2_sheets": page(truth2, stage2, work / "images" / "stage2_sheets.png", kept2) if truth2 else None}
-    for r in done:
-        if r.get("grid") and r.get("seed") == min(x["seed"] for x in done):
-            out[f"identity_{r['name']}"] = r["grid"]
+    first = {r["name"]: r["grid"] for r in done if r.get("grid") and r.get("seed") == min(x["seed"] for x in done)}
+    out.update({f"identity_{name}": grid for name, grid in first.items()})
+    # the curated-data LoRA above the ground-truth-pairs LoRA, on the same items (the longest budget run)
+    curated, reference = (long_name(n, long_steps) if long_steps else n for n in LONG_RUNS)
+    if curated in first and reference in first:
+        out["beside"] = stack_pngs([first[curated], first[reference]], work / "images" / "identity_beside.png")
     return out
+
+
+def stack_pngs(paths: list[str], path: Path) -> str:
+    """The pictures ``paths`` one above the other (white gaps), saved to ``path``."""
+    from PIL import Image
+
+    ims = [Image.open(p).convert("RGB") for p in paths]
+    canvas = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims) + 8 * (len(ims) - 1)), (255, 255, 255))
+    y = 0
+    for im in ims:
+        canvas.paste(im, (0, y))
+        y += im.height + 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return str(path)
 
 
 def repaired_page(before: Path, after: Path, repair: dict, path: Path, n: int = 16, cols: int = 4) -> str | None:

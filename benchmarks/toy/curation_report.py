@@ -160,6 +160,21 @@ def _target_value(key: str, t: dict) -> str:
     return _f(v, 0) if key == "pipeline_wall" else _f(v)
 
 
+def yields_section(results: dict) -> list[str]:
+    """Sheets -> cells -> candidate pairs -> kept pairs per stage, with the downstream filter: what to plan for."""
+    chosen = results.get("downstream_filter")
+    lines = ["## Yields", "", f"With the downstream filter (`{chosen}`); *good*: both cells show the character asked for.",
+             "", "| stage | sheets | cells | candidate pairs | good candidates | pairs kept | kept per sheet | precision | recall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, key in (("I", "stage1"), ("I + repair", "stage1_repaired"), ("II", "stage2")):
+        c = (results["stages"].get(key) or {}).get("curation", {}).get(chosen)
+        if c:
+            lines.append(f"| {label} | {c['sheets']} | {c['cells']} | {c['candidates']} | {c['good_candidates']} | "
+                         f"{c['kept']} | {_f(c['kept'] / c['sheets'] if c['sheets'] else None, 2)} | "
+                         f"{_f(c['precision'])} | {_f(c['recall'])} |")
+    return lines + [""] if len(lines) > 5 else []
+
+
 def targets_section(results: dict) -> list[str]:
     ts = results.get("targets") or {}
     if not ts:
@@ -188,7 +203,7 @@ def render(results: dict, out: Path) -> str:
         f"this invocation {_f(results.get('wall_s', 0) / 60, 1)} min on {results.get('machine', {}).get('cores', '?')} "
         "CPU cores, most stages from the cache). Do not edit by hand.",
         "",
-        *targets_section(results),
+
         f"A text-only base (`{results['base']}`) makes its own training data: {results['characters']} training characters "
         f"given only as text, {results['sheets_per_character']} pose pairs each, drawn per character "
         f"({results['distinct_pose_pairs']} distinct pairs in all), one two-view sheet per pair through the "
@@ -203,6 +218,8 @@ def render(results: dict, out: Path) -> str:
         "The quality axis is left out (CLIP-IQA needs CLIP weights), so the filter's composite is a *custom CHARIS* over "
         "identity, colour and diversity (colour alone without the judge).",
         "",
+        *targets_section(results),
+        *yields_section(results),
         "## Sheets",
         "",
         "| stage | sheets | cells consistent | sheets with every cell consistent | part colour | silhouette IoU | speckle |",
@@ -221,7 +238,9 @@ def render(results: dict, out: Path) -> str:
             results["base_text_to_image"]) if results.get("base_text_to_image") else "",
         "",
         "Speckle: share of pixels inside the ground-truth part masks (eroded by one pixel) whose nearest palette colour "
-        "is not the part's majority colour (`evaluate.speckle`, defined before any result was read).",
+        "is not the part's majority colour (`evaluate.speckle`, defined before any result was read). A figure drawn off "
+        "its true place or size counts too (background or another part inside the mask), so a low silhouette IoU "
+        "raises it.",
         "",
         _img(results, "stage1_sheets", out, "Stage I sheets"),
         f"Stage I sheets (4x). Frame: the `{results.get('downstream_filter')}` filter's decision (green = the cell is in a "
@@ -282,6 +301,12 @@ def render(results: dict, out: Path) -> str:
                              f"{_pm(row['sil_iou'])} | {_pm(row['speckle'])} | {_pm(diff) if diff else '(reference)'} |")
         lines.append("")
         lines += gap_reading(results)
+        if results.get("pictures", {}).get("beside"):
+            steps = f"{b['long_steps']} steps" if b.get("long_steps") else f"{b['steps']} steps"
+            lines += [_img(results, "beside", out, "curated-data LoRA above the ground-truth-pairs LoRA"),
+                      f"Above: the LoRA trained on curated Stage I pairs; below: the one trained on ground-truth pairs "
+                      f"({steps}, seed {min(r['seed'] for r in ident['runs'])}, the same held-out items); each triplet "
+                      "reference | ground truth | output.", ""]
         for key in sorted(k for k in results.get("pictures", {}) if k.startswith("identity_")):
             lines.append(_img(results, key, out, key))
             lines.append(f"{key[len('identity_'):]}: each triplet reference | ground truth | output.")

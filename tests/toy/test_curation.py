@@ -176,6 +176,7 @@ def test_quick_profile_runs_every_stage_and_writes_the_report(C, comfy_server, t
     if f"stage1-filtered-{long_steps}" in trained:  # paired against the reference at its own budget
         row = results["identity"]["summary"][f"stage1-filtered-{long_steps}"]["distinct"]
         assert row["reference"] == f"ground-truth-pairs-{long_steps}"
+        assert Path(results["pictures"]["beside"]).is_file()   # the curated LoRA's grid above the reference's
     assert {"base_speckle", "pipeline_wall"} <= set(results["targets"])
     wall = results["pipeline_wall"]
     assert wall["total_s"] > 0 and wall["stage1_sheets"] > 0 and wall["identity_loras"] > 0
