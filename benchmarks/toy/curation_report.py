@@ -203,7 +203,6 @@ def render(results: dict, out: Path) -> str:
         f"this invocation {_f(results.get('wall_s', 0) / 60, 1)} min on {results.get('machine', {}).get('cores', '?')} "
         "CPU cores, most stages from the cache). Do not edit by hand.",
         "",
-
         f"A text-only base (`{results['base']}`) makes its own training data: {results['characters']} training characters "
         f"given only as text, {results['sheets_per_character']} pose pairs each, drawn per character "
         f"({results['distinct_pose_pairs']} distinct pairs in all), one two-view sheet per pair through the "
