@@ -727,10 +727,9 @@ def paired(a: list[float], b: list[float]) -> dict:
             "n": int(len(d))}
 
 
-def identity_summary(done: list[dict], reference) -> dict:
-    """Mean ± SE over seeds per (run, split), and each run minus its reference run (``reference``: a name, or a
-    function of the run's name), paired by seed."""
-    reference_for = reference if callable(reference) else (lambda _name: reference)
+def identity_summary(done: list[dict], reference_for) -> dict:
+    """Mean ± SE over seeds per (run, split), and each run minus its reference run (``reference_for(name)``),
+    paired by seed."""
     runs, by = [], {}
     for r in done:
         for split, m in r["splits"].items():
@@ -795,7 +794,7 @@ def targets(results: dict, p: CurationProfile) -> dict:
             "goal": "ground truth minus best curated, at most", "value": gaps,
             "met": bool(gaps) and all(g <= TARGETS["curated_gap"] for g in gaps.values())}
     unfiltered = "stage1-unfiltered"
-    filtered = [n for n in summary if n.endswith("-filtered") and unfiltered in summary]
+    filtered = [n for n in summary if n.endswith("-filtered")] if unfiltered in summary else []
     if filtered:
         diffs = {n: {split: seed_difference(runs, n, unfiltered, split) for split in summary[n]} for n in filtered}
         out["filtered_above_unfiltered"] = {
@@ -833,8 +832,9 @@ def pipeline_wall(results: dict, p: CurationProfile, workers: int) -> dict:
     def job(r: dict) -> float:
         return (r.get("train_wall_s") or 0.0) + (r.get("eval_wall_s") or 0.0)
 
+    short = [r for r in runs if budget_of(r["name"], p) == p.identity_steps]
     long_ = [r for r in runs if budget_of(r["name"], p) != p.identity_steps]
-    parts["identity_loras"] = sum(job(r) for r in runs if r not in long_) / max(1, workers)
+    parts["identity_loras"] = sum(job(r) for r in short) / max(1, workers)
     out = {k: v for k, v in parts.items() if v is not None}
     out["total_s"] = sum(out.values())
     out["long_budget_loras_s"] = sum(job(r) for r in long_) / max(1, workers)
@@ -1113,7 +1113,7 @@ def pictures(work: Path, truth1: dict, truth2: dict, stage1: Path, stage2: Path,
     first = {r["name"]: r["grid"] for r in done if r.get("grid") and r.get("seed") == min(x["seed"] for x in done)}
     out.update({f"identity_{name}": grid for name, grid in first.items()})
     # the curated-data LoRA above the ground-truth-pairs LoRA, on the same items (the longest budget run)
-    curated, reference = (long_name(n, long_steps) if long_steps else n for n in LONG_RUNS)
+    curated, reference = (long_name(n, long_steps) if long_steps else n for n in (LONG_RUNS[0], REFERENCE))
     if curated in first and reference in first:
         out["beside"] = stack_pngs([first[curated], first[reference]], work / "images" / "identity_beside.png")
     return out
